@@ -1,0 +1,88 @@
+"""``sandbox-runner``: the command-line edge. Parses arguments, reads settings once, hands off.
+
+Imports are lazy on purpose: ``run-job`` is on the hot path of every stand-alone job and the benchmark counts the
+interpreter's start-up; ``--version`` should not load podman-py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sandbox_runner import __version__
+from sandbox_runner.errors import SandboxRunnerError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sandbox-runner", description="Rootless HySDS-compatible job worker.")
+    p.add_argument("--version", action="version", version=f"sandbox-runner {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run-job", help="run one job JSON end to end (stand-alone)")
+    run.add_argument("job", type=Path, help="job JSON file ('-' for stdin)")
+    run.add_argument("--work-root", type=Path, help="root work dir [SANDBOX_RUNNER_WORK_ROOT]")
+    run.add_argument("--backend", choices=("podman", "subprocess", "fake"), help="[SANDBOX_RUNNER_BACKEND]")
+    run.add_argument("--redis-url", help="Redis for status documents [SANDBOX_RUNNER_REDIS_URL]")
+    run.add_argument("--worker-cfg", type=Path, help="worker config [HYSDS_WORKER_CFG]")
+    run.add_argument("--datasets-cfg", type=Path, help="datasets.json [HYSDS_DATASETS_CFG]")
+    run.add_argument("--dry-run", action="store_true", help="print the container spec and mounts; run nothing")
+
+    val = sub.add_parser("validate", help="tell the kind of each HySDS file and whether it is valid")
+    val.add_argument("files", nargs="+")
+
+    ev = sub.add_parser("events", help="read status documents")
+    ev_sub = ev.add_subparsers(dest="events_command", metavar="SUBCOMMAND")
+    show = ev_sub.add_parser("show", help="print events from Redis or the local events file")
+    show.add_argument("--redis-url", help="read the Redis list instead of the file [SANDBOX_RUNNER_REDIS_URL]")
+    show.add_argument("--key", help="Redis list key (default: the status key, 'logstash')")
+    show.add_argument("--file", type=Path, help="events file (default: <work root>/events/events.msgpack)")
+    show.add_argument("--work-root", type=Path)
+    show.add_argument("--json", action="store_true", help="one JSON document per line")
+    show.add_argument("--job-id", help="only documents of this job")
+
+    doc = sub.add_parser("doctor", help="check what a rootless node needs, and say what to fix")
+    doc.add_argument("--work-root", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    try:
+        from sandbox_runner.events.logging import configure_logging
+        from sandbox_runner.settings import load_settings
+
+        settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level)
+        if args.command == "run-job":
+            from sandbox_runner.commands import run_job
+
+            return run_job(args, settings)
+        if args.command == "validate":
+            from sandbox_runner.commands import validate
+
+            return validate(args.files)
+        if args.command == "events":
+            from sandbox_runner.commands import events_show
+
+            return events_show(args, settings)
+        if args.command == "doctor":
+            from sandbox_runner.doctor import doctor
+
+            return doctor(settings.with_overrides(work_root=args.work_root))
+    except SandboxRunnerError as exc:
+        print(f"sandbox-runner: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

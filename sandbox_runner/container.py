@@ -1,0 +1,110 @@
+"""From a job to a :class:`ContainerSpec`: image, argv, mounts, env, labels, runtime options.
+
+This is where the HySDS job/work-config fields meet the backend contract. Container parameters follow HySDS
+(section 6): the work config overrides the job's image only when it names both ``container_image_name`` and
+``container_image_url``; ``container_mappings`` / ``imported_worker_files`` become mounts, checked against the
+mount policy; ``runtime_options`` string values are ``$VAR``-expanded; ``gpus`` is dropped unless
+``HYSDS_GPU_AVAILABLE`` says the node has them. Unlike HySDS, the job gets *no* copy of the worker's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sandbox_runner.backends.base import ContainerSpec, Mount
+from sandbox_runner.errors import JobFormatError
+from sandbox_runner.mounts import load_mount_policy, resolve_mounts
+from sandbox_runner.steps.base import JobContext
+
+LABEL_PREFIX = "sandbox_runner"
+
+
+def _image(ctx: JobContext) -> tuple[str | None, str | None]:
+    job, wc = ctx.job, ctx.work_cfg
+    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
+        return wc.container_image_name, wc.container_image_url
+    return job.get("container_image_name") or None, job.get("container_image_url") or None
+
+
+def _mappings(ctx: JobContext) -> dict[str, Any]:
+    wc = ctx.work_cfg
+    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
+        return dict(getattr(wc, "container_mappings", None) or {})
+    return dict(ctx.job.get("container_mappings") or {})
+
+
+def _runtime_options(ctx: JobContext, env: Mapping[str, str]) -> dict[str, Any]:
+    wc = ctx.work_cfg
+    opts: dict[str, Any] = dict(ctx.job.get("runtime_options") or {})
+    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
+        opts = dict(getattr(wc, "runtime_options", None) or {})
+    if "gpus" in opts and env.get("HYSDS_GPU_AVAILABLE", "0") in ("", "0"):
+        opts.pop("gpus")
+    return {k: (os.path.expandvars(v) if isinstance(v, str) else v) for k, v in opts.items()}
+
+
+def command_env(ctx: JobContext) -> dict[str, str]:
+    """The command's ``env`` entries from the work config: exactly what the job asked for, nothing inherited."""
+    env: dict[str, str] = {}
+    command = getattr(ctx.work_cfg, "command", None)
+    for entry in getattr(command, "env", None) or []:
+        key = entry["key"] if isinstance(entry, dict) else entry.key
+        value = entry["value"] if isinstance(entry, dict) else entry.value
+        env[str(key)] = os.path.expandvars(str(value))
+    return env
+
+
+def _ids(ctx: JobContext, runtime: dict[str, Any]) -> tuple[int | None, int | None]:
+    """uid/gid for the command: job-spec ``uid``/``gid``, else ``runtime_options.user`` ("uid[:gid]")."""
+    jobspec = (ctx.job.get("params") or {}).get("job_specification") or {}
+    uid, gid = jobspec.get("uid", ctx.job.get("uid")), jobspec.get("gid", ctx.job.get("gid"))
+    user = runtime.pop("user", None)
+    if uid is None and user is not None:
+        head, _, tail = str(user).partition(":")
+        uid, gid = head, tail or gid
+    try:
+        return (int(uid) if uid is not None else None), (int(gid) if gid not in (None, "") else None)
+    except (TypeError, ValueError):
+        raise JobFormatError(f"uid/gid must be numbers, got {uid!r}:{gid!r}", field="uid") from None
+
+
+def container_name(job_id: str) -> str:
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", job_id)[:40].strip("-.") or "job"
+    return f"sr-{safe}-{uuid.uuid4().hex[:8]}"
+
+
+def build_spec(ctx: JobContext, job_dir: str) -> ContainerSpec:
+    settings = ctx.settings
+    env = settings.env
+    image, image_url = _image(ctx)
+    work_root = str(ctx.work_root)
+    policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
+    mounts: tuple[Mount, ...] = resolve_mounts(_mappings(ctx), job_dir=job_dir, policy=policy, env=env)
+    runtime = _runtime_options(ctx, env)
+    network = str(runtime.pop("network", runtime.pop("net", "none")))
+    uid, gid = _ids(ctx, runtime)
+    labels = {
+        f"{LABEL_PREFIX}.job_id": str(ctx.job.get("job_id")),
+        f"{LABEL_PREFIX}.task_id": str(ctx.job.get("task_id")),
+        f"{LABEL_PREFIX}.worker": settings.worker_name,
+        f"{LABEL_PREFIX}.job_dir": job_dir,
+    }
+    return ContainerSpec(
+        name=container_name(str(ctx.job.get("job_id"))),
+        image=image,
+        image_url=os.path.expandvars(image_url) if image_url else None,
+        argv=tuple(ctx.argv),
+        workdir=job_dir,
+        env=command_env(ctx),
+        mounts=mounts,
+        uid=uid,
+        gid=gid,
+        network=network,
+        labels=labels,
+        runtime_options=runtime,
+        stop_grace=settings.stop_grace,
+    )

@@ -1,0 +1,99 @@
+"""The HySDS document shapes (HYSDS-WORKER.md section 7): job status, job_info and custom events."""
+
+from __future__ import annotations
+
+import copy
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import Any
+
+TERMINAL_STATUSES = frozenset(
+    {"job-completed", "job-failed", "job-deduped", "job-offline", "job-revoked",
+     "job-terminated", "job-interrupted", "job-hangup", "job-quit", "job-aborted"}
+)
+HARD_TIME_LIMIT_GAP = 300
+
+
+def iso_now() -> str:
+    """HySDS timestamps: UTC, microseconds, a literal Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def short_error(error: str) -> str:
+    """HySDS's utils.get_short_error: first 20 and last 10 characters when longer than 35."""
+    return error if len(error) <= 35 else f"{error[:20]}.....{error[-10:]}"
+
+
+def status_ttl(job: dict[str, Any], default: int) -> int:
+    """TTL of the status key: long enough to outlive the job's hard time limit."""
+    limit = (job.get("job_info") or {}).get("time_limit")
+    if isinstance(limit, int | float) and not isinstance(limit, bool):
+        return max(default, int(limit) + 2 * HARD_TIME_LIMIT_GAP)
+    return default
+
+
+def job_status_doc(
+    job: dict[str, Any],
+    status: str,
+    hostname: str,
+    *,
+    error: str | None = None,
+    traceback: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    job_info = job.get("job_info") or {}
+    payload = job_info.get("job_payload") or {}
+    doc: dict[str, Any] = {
+        "uuid": job.get("task_id"),
+        "job_id": job.get("job_id"),
+        "payload_id": payload.get("payload_task_id"),
+        "payload_hash": job_info.get("payload_hash"),
+        "dedup": job_info.get("dedup"),
+        "status": status,
+        "job": copy.deepcopy(job),
+        "celery_hostname": hostname,
+        "resource": "job",
+        "type": job.get("type") or "unknown",
+        "@version": "1",
+        "@timestamp": iso_now(),
+    }
+    tags = list(job.get("tags") or [])
+    if job.get("tag"):
+        tags.append(job["tag"])
+    if tags:
+        doc["tags"] = tags
+    if error is not None:
+        doc["error"] = error
+        doc["short_error"] = short_error(error)
+        doc["traceback"] = traceback or error
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def job_info_doc(job: dict[str, Any]) -> dict[str, Any]:
+    keys = ("job_info", "job_id", "task_id", "delivery_info", "tag", "priority",
+            "container_image_name", "container_image_url", "container_image_urls", "name")
+    return {
+        "type": "job_info",
+        "@version": "1",
+        "@timestamp": iso_now(),
+        "job": {k: copy.deepcopy(job.get(k)) for k in keys},
+        "job_type": job.get("type"),
+    }
+
+
+def custom_event_doc(
+    event_type: str, status: str, event: dict[str, Any], hostname: str, tags: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "resource": "event",
+        "type": event_type,
+        "status": status,
+        "@timestamp": iso_now(),
+        "@version": "1",
+        "hostname": hostname,
+        "uuid": str(uuidlib.uuid4()),
+        "tags": list(tags or []),
+        "event": event,
+    }

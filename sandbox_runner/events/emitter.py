@@ -1,0 +1,86 @@
+"""The one emitter: every job status, job_info, custom and worker event goes through :class:`Emitter`.
+
+Each document is logged through structlog (for humans and log shippers) and pushed, msgpack-encoded, to the sink
+(for machines). A sink failure is logged loudly but never turns a finished job into a crashed worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from sandbox_runner.errors import EventSinkError
+from sandbox_runner.events.documents import (
+    custom_event_doc,
+    job_info_doc,
+    job_status_doc,
+    status_ttl,
+)
+from sandbox_runner.events.sinks import EventSink
+
+
+class Emitter:
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        hostname: str,
+        status_key: str = "logstash",
+        job_info_key: str = "logstash",
+        status_expires: int = 86400,
+    ) -> None:
+        self.sink = sink
+        self.hostname = hostname
+        self.status_key = status_key
+        self.job_info_key = job_info_key
+        self.status_expires = status_expires
+        self.log = structlog.get_logger("sandbox_runner")
+
+    def _deliver(self, key: str, doc: dict[str, Any], status: tuple[str, str, int] | None = None) -> bool:
+        try:
+            self.sink.push(key, doc, status=status)
+            return True
+        except EventSinkError as exc:
+            self.log.error("event not delivered", error=str(exc), doc_type=doc.get("type"),
+                           status=doc.get("status"))
+            return False
+
+    def job_status(
+        self,
+        job: dict[str, Any],
+        status: str,
+        *,
+        error: str | None = None,
+        traceback: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        doc = job_status_doc(job, status, self.hostname, error=error, traceback=traceback, extra=extra or None)
+        fields = {"job_id": doc["job_id"], "task_id": doc["uuid"]}
+        if error is not None:
+            self.log.error(status, error=error, **fields)
+        else:
+            self.log.info(status, **fields)
+        task_id = doc["uuid"]
+        ttl = status_ttl(job, self.status_expires)
+        self._deliver(self.status_key, doc, (task_id, status, ttl) if task_id else None)
+        return doc
+
+    def job_info(self, job: dict[str, Any]) -> dict[str, Any]:
+        doc = job_info_doc(job)
+        self._deliver(self.job_info_key, doc)
+        return doc
+
+    def event(self, event_type: str, status: str, event: dict[str, Any],
+              tags: list[str] | None = None) -> dict[str, Any]:
+        doc = custom_event_doc(event_type, status, event, self.hostname, tags)
+        self.log.info(f"{event_type}/{status}", **{k: v for k, v in event.items() if _loggable(v)})
+        self._deliver(self.status_key, doc)
+        return doc
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def _loggable(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None

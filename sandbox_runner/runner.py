@@ -1,0 +1,183 @@
+"""JobRunner: one job through an ordered list of steps, ending in exactly one terminal status.
+
+It knows nothing of Celery: the Celery task, ``sandbox-runner run-job`` and ``scripts/run_job.py`` all decode a
+job and call :meth:`JobRunner.run`. Whatever goes wrong (bad input, a full disk, a missing image, a failing
+command, a bug in a step) ends as one ``job-failed`` document with a readable error, and a job dir that exists is
+always closed (``.done``, ``_exit_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback as tb
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox_runner.backends.base import Backend, ContainerSpec
+from sandbox_runner.errors import CommandFailed, JobFormatError, SandboxRunnerError
+from sandbox_runner.events.documents import iso_now
+from sandbox_runner.events.emitter import Emitter
+from sandbox_runner.settings import Settings
+from sandbox_runner.steps.base import JobContext, Step
+from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
+from sandbox_runner.steps.prepare import CheckDisk, ResolveJob
+from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir
+from sandbox_runner.workdir import job_dir_path
+
+BackendFactory = Callable[[Settings, ContainerSpec], Backend]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    status: str
+    job_id: str | None
+    task_id: str | None
+    exit_code: int | None
+    job_dir: Path | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "job-completed"
+
+
+def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
+    """podman for a job with an image (unless configured otherwise); subprocess for a job with none."""
+    if settings.backend == "fake":
+        from sandbox_runner.backends.fake import FakeBackend
+
+        return FakeBackend()
+    if settings.backend == "subprocess" or spec.image is None:
+        from sandbox_runner.backends.subprocess import SubprocessBackend
+
+        return SubprocessBackend()
+    from sandbox_runner.backends.podman import PodmanBackend
+
+    return PodmanBackend(settings.podman_socket, worker=settings.worker_name)
+
+
+def decode_job(raw: dict[str, Any] | bytes | str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JobFormatError(f"not valid JSON: {exc}", source="job") from None
+    if not isinstance(doc, dict):
+        raise JobFormatError(f"a job must be a JSON object, not {type(doc).__name__}", source="job")
+    return doc
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        emitter: Emitter,
+        *,
+        backend_for: BackendFactory = default_backend_for,
+        steps: Sequence[Step] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.emitter = emitter
+        self.steps: list[Step] = list(steps) if steps is not None else [
+            ResolveJob(), CheckDisk(), CreateWorkDir(), AnnounceStart(), BuildContainer(backend_for),
+            PreProcess(), RunCommand(), PostProcess(),
+        ]
+        self._current: JobContext | None = None
+        self._lock = threading.Lock()
+
+    # -- the job path ----------------------------------------------------------------------------------------------
+    def run(self, raw: dict[str, Any] | bytes | str) -> JobOutcome:
+        failure: BaseException | None = None
+        try:
+            job = decode_job(raw)
+        except JobFormatError as exc:
+            job, failure = {}, exc
+        job.setdefault("task_id", str(uuid.uuid4()))  # stand-alone runs have no Celery task id
+        ctx = JobContext(job=job, settings=self.settings, emitter=self.emitter)
+        with self._lock:
+            self._current = ctx
+        try:
+            for step in self.steps:
+                if failure is not None and not (step.always and ctx.workdir is not None):
+                    continue
+                try:
+                    step.run(ctx)
+                except SandboxRunnerError as exc:
+                    failure = failure or exc
+                except Exception as exc:  # a bug: still one job-failed, with the traceback for machines
+                    failure = failure or exc
+            return self._close(ctx, failure)
+        finally:
+            with self._lock:
+                self._current = None
+
+    def interrupt(self, status: str, message: str, signum: int | None = None) -> bool:
+        """Stop the running job from another thread (signal, time limit, revoke). False if none runs."""
+        with self._lock:
+            ctx = self._current
+        if ctx is None:
+            return False
+        ctx.interrupt = (status, message, signum)
+        ctx.cancel.set()
+        return True
+
+    def plan(self, raw: dict[str, Any] | bytes | str) -> ContainerSpec:
+        """What would run, without running anything or creating a job dir (``--dry-run``)."""
+        from sandbox_runner.container import build_spec
+
+        job = decode_job(raw)
+        job.setdefault("task_id", "dry-run")
+        ctx = JobContext(job=job, settings=self.settings, emitter=self.emitter)
+        ResolveJob().run(ctx)
+        assert ctx.work_root is not None
+        return build_spec(ctx, str(job_dir_path(ctx.work_root, str(job["job_id"]), time.time())))
+
+    # -- close-up --------------------------------------------------------------------------------------------------
+    def _close(self, ctx: JobContext, failure: BaseException | None) -> JobOutcome:
+        job, wd = ctx.job, ctx.workdir
+        error = trace = None
+        if failure is not None:
+            error = str(failure) if isinstance(failure, SandboxRunnerError) else \
+                f"internal error: {type(failure).__name__}: {failure}"
+            trace = "".join(tb.format_exception(failure)) if not isinstance(failure, SandboxRunnerError) \
+                else error
+        if ctx.interrupt is not None:
+            error, trace = ctx.interrupt[1], ctx.interrupt[1]
+        status = "job-completed" if error is None else (ctx.interrupt[0] if ctx.interrupt else "job-failed")
+        extra: dict[str, Any] = {}
+        if ctx.interrupt is not None and ctx.interrupt[2] is not None:
+            extra["signum"] = ctx.interrupt[2]
+        if wd is not None:
+            info = ctx.job_info
+            if error is not None:
+                # a job that explains its own failure knows better than our generic message
+                error = (wd.read_optional("_alt_error.txt") or "").strip() or error
+                trace = (wd.read_optional("_alt_traceback.txt") or "").strip() or trace
+                if not info.get("status"):
+                    info["status"] = 1
+            msg = wd.read_optional("_alt_msg.txt")
+            if msg:
+                extra["msg"] = [line for line in msg.splitlines() if line.strip()]
+            details = wd.read_optional("_alt_msg_details.txt")
+            if details:
+                extra["msg_details"] = details
+            info["time_end"] = iso_now()
+            info["duration"] = time.time() - ctx.notes.get("t_start", time.time())
+            info["metrics"]["job_dir_size"] = wd.size_bytes()
+            if ctx.result is None and not (wd.file("_exit_code")).exists():
+                wd.write_text("_exit_code", f"{info['status']}\n")
+            wd.write_json("_job.json", job)
+            wd.mark_done()
+            self.emitter.job_info(job)
+        self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
+        exit_code = ctx.exit_code
+        if exit_code is None and isinstance(failure, CommandFailed):
+            exit_code = failure.exit_code
+        return JobOutcome(status=status, job_id=job.get("job_id"), task_id=job.get("task_id"),
+                          exit_code=exit_code, job_dir=wd.path if wd else None, error=error)

@@ -1,0 +1,50 @@
+"""``_run.sh``: the job's command as a script an operator can re-run by hand.
+
+HySDS writes every worker environment variable into it as a comment, which leaks credentials into work dirs and
+triage bundles (and, since HC-563, multi-line values spill into executable lines). We write only what the job
+itself asked for: its command env, and the engine command line equivalent to what the backend ran.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from sandbox_runner.backends.base import ContainerSpec
+
+
+def podman_argv(spec: ContainerSpec, socket_url: str | None = None) -> list[str]:
+    argv = ["podman"]
+    if socket_url:
+        argv += ["--remote", "--url", socket_url]
+    argv += ["run", "--rm", "--init", "--userns=keep-id", f"--network={spec.network}", f"--name={spec.name}"]
+    if spec.uid is not None:
+        argv += ["--user", f"{spec.uid}:{spec.gid if spec.gid is not None else spec.uid}"]
+    for key, value in spec.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in spec.env.items():
+        argv += ["--env", f"{key}={value}"]
+    for opt, value in spec.runtime_options.items():
+        argv += [f"--{opt}" if value is True else f"--{opt}={value}"]
+    argv += ["-v", f"{spec.workdir}:{spec.workdir}:rw"]
+    for m in spec.mounts:
+        argv += ["-v", f"{m.host}:{m.container}:{m.mode}"]
+    argv += ["-w", spec.workdir, str(spec.image), *spec.argv]
+    return argv
+
+
+def subprocess_argv(spec: ContainerSpec) -> list[str]:
+    env = [f"{k}={v}" for k, v in spec.env.items()]
+    return ["env", *env, *spec.argv] if env else list(spec.argv)
+
+
+def render_run_script(spec: ContainerSpec, backend: str, socket_url: str | None = None) -> str:
+    argv = podman_argv(spec, socket_url) if backend == "podman" and spec.image else subprocess_argv(spec)
+    lines = [
+        "#!/bin/sh",
+        f"# sandbox_runner: re-run job {spec.labels.get('sandbox_runner.job_id', '')} by hand "
+        f"({backend} backend). The worker's own environment is deliberately not recorded here.",
+        f"cd {shlex.quote(spec.workdir)} || exit 1",
+        " \\\n    ".join(shlex.quote(a) for a in argv),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Settings: read once, at the edge, into a frozen value object.
+
+Every knob comes from here: command-line options override ``SANDBOX_RUNNER_*`` environment variables, which
+override HySDS's own variables where HySDS has one (``HYSDS_WORKER_CFG``, ``HYSDS_DATASETS_CFG``,
+``HYSDS_ROOT_WORK_DIR``), which override defaults. Nothing below the edge reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sandbox_runner.errors import ConfigError
+
+BACKENDS = ("podman", "subprocess", "fake")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: root work dir; jobs go under ``<work_root>/jobs/YYYY/MM/DD/HH/MI/<job_id>/``. None = take the worker
+    #: config's ``root_work_dir``, else the per-user default.
+    work_root: Path | None = None
+    backend: str = "podman"
+    #: Redis for status documents; None = events go to ``<work_root>/events/events.msgpack``.
+    redis_url: str | None = None
+    status_key: str = "logstash"
+    job_info_key: str = "logstash"
+    status_expires: int = 86400
+    podman_socket: str | None = None
+    worker_cfg: Path | None = None
+    datasets_cfg: Path | None = None
+    mount_policy: Path | None = None
+    fs_policy: Path | None = None
+    #: the name this worker reports as ``celery_hostname`` (HySDS: ``celery@<program>.<NN>.<host>``).
+    worker_name: str = field(default_factory=lambda: f"sandbox-runner@{socket.gethostname()}")
+    min_free_percent: float = 10.0
+    stop_grace: float = 10.0
+    log_format: str = "auto"  # auto | console | json
+    log_level: str = "info"
+    #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    uid: int = field(default_factory=os.getuid)
+    default_work_root: Path = field(
+        default_factory=lambda: Path(os.path.expanduser("~")) / ".local/share/sandbox-runner/work"
+    )
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply non-None overrides (command-line options) and re-check."""
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return _checked(replace(self, **clean))
+
+    def resolve_work_root(self, worker_cfg_root: str | None) -> Path:
+        if self.work_root is not None:
+            return self.work_root
+        if worker_cfg_root:
+            return Path(worker_cfg_root)
+        return self.default_work_root
+
+
+_ENV_MAP: dict[str, str] = {
+    "SANDBOX_RUNNER_WORK_ROOT": "work_root",
+    "SANDBOX_RUNNER_BACKEND": "backend",
+    "SANDBOX_RUNNER_REDIS_URL": "redis_url",
+    "SANDBOX_RUNNER_STATUS_KEY": "status_key",
+    "SANDBOX_RUNNER_JOB_INFO_KEY": "job_info_key",
+    "SANDBOX_RUNNER_STATUS_EXPIRES": "status_expires",
+    "SANDBOX_RUNNER_PODMAN_SOCKET": "podman_socket",
+    "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
+    "SANDBOX_RUNNER_POLICY": "fs_policy",
+    "SANDBOX_RUNNER_WORKER_NAME": "worker_name",
+    "SANDBOX_RUNNER_MIN_FREE_PERCENT": "min_free_percent",
+    "SANDBOX_RUNNER_STOP_GRACE": "stop_grace",
+    "SANDBOX_RUNNER_LOG_FORMAT": "log_format",
+    "SANDBOX_RUNNER_LOG_LEVEL": "log_level",
+    # HySDS's own variables (lower precedence than ours; applied first).
+    "HYSDS_WORKER_CFG": "worker_cfg",
+    "HYSDS_DATASETS_CFG": "datasets_cfg",
+}
+_HYSDS_FALLBACKS = {"HYSDS_ROOT_WORK_DIR": "work_root"}
+
+
+def _coerce(name: str, raw: str, source: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    text = raw.strip()
+    try:
+        if "Path" in str(kind):
+            return Path(os.path.expanduser(text)) if text else None
+        if kind in ("int", int):
+            return int(text)
+        if kind in ("float", float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{raw!r} is not a valid {kind}", field=source) from None
+    return text or None
+
+
+def _checked(settings: Settings) -> Settings:
+    if settings.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {settings.backend!r} (choose from {', '.join(BACKENDS)})",
+                          field="backend")
+    if not 0 <= settings.min_free_percent < 100:
+        raise ConfigError(f"{settings.min_free_percent} is not a percentage in [0, 100)",
+                          field="min_free_percent")
+    if settings.log_format not in ("auto", "console", "json"):
+        raise ConfigError(f"unknown log format {settings.log_format!r}", field="log_format")
+    return settings
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the Settings from an environment (default: ``os.environ``) plus explicit overrides."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    for var, name in _HYSDS_FALLBACKS.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var], var)
+    for var, name in _ENV_MAP.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var], var)
+    if not values.get("podman_socket") and env.get("CONTAINER_HOST"):
+        values["podman_socket"] = env["CONTAINER_HOST"]
+    values["env"] = env
+    return Settings(**values).with_overrides(**overrides)

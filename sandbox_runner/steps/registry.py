@@ -1,0 +1,86 @@
+"""Pre/post-processing steps by name, as a job-spec's ``pre`` / ``post`` lists name them.
+
+HySDS resolves names with ``import_module`` (any importable function runs inside the worker). We resolve them
+against a registry instead: our builtins, HySDS's dotted names for the same behaviour (so real job-specs work
+unchanged), and plugins a site installs under the ``sandbox_runner.steps`` entry-point group. An unknown name is
+a clear error before anything runs, never an ``ImportError`` half way through a job.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from sandbox_runner.errors import UnknownStepError
+
+if TYPE_CHECKING:
+    from sandbox_runner.steps.base import JobContext
+
+StepFunc = Callable[["JobContext"], Any]
+
+#: canonical name -> "module:function" (imported lazily: the publish path should not load httpx for an echo job)
+BUILTINS: dict[str, str] = {
+    "localize_urls": "sandbox_runner.steps.localize:localize_urls",
+    "mark_localized_datasets": "sandbox_runner.steps.localize:mark_localized_datasets",
+    "validate_checksum_files": "sandbox_runner.steps.localize:validate_checksum_files",
+    "publish_datasets": "sandbox_runner.steps.publish:publish_datasets",
+    "triage": "sandbox_runner.steps.triage:triage",
+}
+
+#: HySDS's names (current and historical, see HYSDS-WORKER.md 3.1) for the same steps.
+ALIASES: dict[str, str] = {
+    "hysds.localize.localize_urls": "localize_urls",
+    "hysds.localize.localize_urls_parallel": "localize_urls",
+    "hysds.utils.localize_urls": "localize_urls",
+    "hysds.utils.mark_localized_datasets": "mark_localized_datasets",
+    "hysds.utils.validate_checksum_files": "validate_checksum_files",
+    "hysds.dataset_ingest_bulk.publish_datasets": "publish_datasets",
+    "hysds.dataset_ingest_bulk.publish_datasets_parallel": "publish_datasets",
+    "hysds.dataset_ingest.publish_datasets": "publish_datasets",
+    "hysds.utils.publish_datasets": "publish_datasets",
+    "hysds.triage.triage": "triage",
+    "hysds.utils.triage": "triage",
+}
+
+DEFAULT_PRE = ("localize_urls", "mark_localized_datasets", "validate_checksum_files")
+DEFAULT_POST = ("publish_datasets",)
+
+
+@cache
+def _plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group="sandbox_runner.steps")}
+
+
+def canonical(name: str) -> str:
+    """The registry name for ``name``; raises UnknownStepError naming the known ones."""
+    name = name.strip()
+    if name in BUILTINS or name in _plugins():
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    known = sorted(set(BUILTINS) | set(_plugins()))
+    raise UnknownStepError(f"unknown step {name!r} (known: {', '.join(known)}; HySDS names such as "
+                           "'hysds.triage.triage' are accepted too)")
+
+
+def load(name: str) -> StepFunc:
+    target = BUILTINS.get(name) or _plugins()[name]
+    module, _, attr = target.partition(":")
+    func: StepFunc = getattr(importlib.import_module(module), attr)
+    return func
+
+
+def plan_steps(spec: Any, *, kind: str) -> list[str]:
+    """The ordered, de-duplicated canonical step names for ``kind`` ("pre" or "post") of a job-spec.
+
+    ``spec`` is a typed JobSpec or None. Builtins first unless ``disable_<kind>_builtins``, then the spec's list.
+    """
+    defaults = DEFAULT_PRE if kind == "pre" else DEFAULT_POST
+    disabled = bool(getattr(spec, f"disable_{kind}_builtins", False)) if spec is not None else False
+    extra = list(getattr(spec, kind, None) or []) if spec is not None else []
+    names = ([] if disabled else list(defaults)) + [canonical(n) for n in extra]
+    seen: set[str] = set()
+    return [n for n in names if not (n in seen or seen.add(n))]

@@ -1,0 +1,85 @@
+"""Steps that give the job its place: the work dir with its HySDS files, job-started, the container spec."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import ClassVar
+
+from sandbox_runner.container import build_spec
+from sandbox_runner.events.documents import iso_now
+from sandbox_runner.runscript import render_run_script
+from sandbox_runner.steps.base import JobContext
+from sandbox_runner.workdir import WorkDir
+
+
+def context_document(ctx: JobContext) -> dict[str, object]:
+    """``_context.json`` as HySDS builds it (section 1.6), minus its flaw of clobbering ``_force_ingest``."""
+    job = ctx.job
+    params = dict(job.get("params") or {})
+    doc: dict[str, object] = {"context": job["context"]} if job.get("context") else {}
+    doc.update(params)
+    doc.update({
+        "job_priority": job.get("priority"),
+        "container_image_name": job.get("container_image_name"),
+        "container_image_url": job.get("container_image_url"),
+        "container_image_urls": job.get("container_image_urls"),
+        "container_mappings": job.get("container_mappings"),
+        "runtime_options": job.get("runtime_options"),
+        "_prov": {"wasGeneratedBy": f"task_id:{job.get('task_id')}"},
+        # HySDS overwrites a PGE-requested _force_ingest with publish_overwrite_ok; either one asks for it
+        "_force_ingest": bool(params.get("_force_ingest") or job.get("publish_overwrite_ok", False)),
+    })
+    return doc
+
+
+class CreateWorkDir:
+    name: ClassVar[str] = "workdir"
+    always: ClassVar[bool] = False
+
+    def run(self, ctx: JobContext) -> None:
+        assert ctx.work_root is not None
+        job = ctx.job
+        ctx.workdir = wd = WorkDir.create(ctx.work_root, str(job["job_id"]))
+        info = ctx.job_info
+        info.update({
+            "job_dir": str(wd.path),
+            "metrics": {"inputs_localized": [], "products_staged": [], "job_dir_size": 0, "usage_stats": []},
+            "execute_node": socket.getfqdn(),
+            "job_url": f"file://{wd.path}",
+            "context_file": str(wd.file("_context.json")),
+            "datasets_cfg_file": str(ctx.settings.datasets_cfg) if ctx.settings.datasets_cfg else None,
+            "time_start": iso_now(),
+        })
+        ctx.notes["t_start"] = time.time()
+        ctx.context = context_document(ctx)
+        wd.write_json("_context.json", ctx.context)
+        wd.write_json("_job.json", job)
+
+
+class AnnounceStart:
+    name: ClassVar[str] = "started"
+    always: ClassVar[bool] = False
+
+    def run(self, ctx: JobContext) -> None:
+        ctx.emitter.job_status(ctx.job, "job-started")
+        ctx.started_emitted = True
+
+
+class BuildContainer:
+    """Container spec, ``_docker_params.json`` and ``_run.sh``; picks the backend for this job."""
+
+    name: ClassVar[str] = "container"
+    always: ClassVar[bool] = False
+
+    def __init__(self, backend_for: object) -> None:
+        self.backend_for = backend_for
+
+    def run(self, ctx: JobContext) -> None:
+        wd = ctx.workdir
+        assert wd is not None
+        ctx.spec = spec = build_spec(ctx, str(wd.path))
+        ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
+        backend_name = ctx.backend.name
+        wd.write_json("_docker_params.json", {spec.image: spec.as_dict()} if spec.image else {})
+        wd.write_text("_run.sh", render_run_script(spec, backend_name, ctx.settings.podman_socket), 0o755)
