@@ -10,6 +10,7 @@ timestamps or PIDs.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -81,10 +82,8 @@ class WorkDir:
     def mark_done(self) -> None:
         """``.running`` -> ``.done`` (rename, then rewrite the timestamp), then let go of the lock."""
         running, done = self.path / RUNNING, self.path / DONE
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(running, done)
-        except FileNotFoundError:
-            pass
         write_atomic(done, _stamp())
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -120,8 +119,6 @@ class WorkDir:
         total = 0
         for dirpath, dirnames, filenames in os.walk(self.path):
             for name in filenames + dirnames:
-                try:
+                with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
         return total

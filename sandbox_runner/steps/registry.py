@@ -82,5 +82,4 @@ def plan_steps(spec: Any, *, kind: str) -> list[str]:
     disabled = bool(getattr(spec, f"disable_{kind}_builtins", False)) if spec is not None else False
     extra = list(getattr(spec, kind, None) or []) if spec is not None else []
     names = ([] if disabled else list(defaults)) + [canonical(n) for n in extra]
-    seen: set[str] = set()
-    return [n for n in names if not (n in seen or seen.add(n))]
+    return list(dict.fromkeys(names))

@@ -1,0 +1,196 @@
+"""The job path's logic, in process, with the shipped FakeBackend and an in-memory sink (no podman, no Redis).
+
+The same behaviour is exercised for real (rootless podman, bubblewrap, Redis, the CLI as srunner) in
+test_job_path.py; these tests pin the runner's contract cheaply: one terminal status, the work dir files, errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_job
+
+from sandbox_runner.backends.base import ContainerSpec, JobIO
+from sandbox_runner.backends.fake import FakeBackend
+from sandbox_runner.events import Emitter, MemorySink
+from sandbox_runner.events.documents import TERMINAL_STATUSES
+from sandbox_runner.runner import JobRunner
+from sandbox_runner.settings import load_settings
+
+
+def _runner(tmp_path: Path, backend: FakeBackend, **env: str) -> tuple[JobRunner, MemorySink]:
+    settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SECRET_TOKEN": "hunter2",
+                              **env}, min_free_percent=0.0)
+    sink = MemorySink()
+    emitter = Emitter(sink, hostname="celery@test.01.host")
+    return JobRunner(settings, emitter, backend_for=lambda s, spec: backend), sink
+
+
+def _statuses(sink: MemorySink) -> list[str]:
+    return [d["status"] for d in sink.docs() if d.get("resource") == "job"]
+
+
+def _one_terminal(sink: MemorySink) -> dict[str, Any]:
+    terminal = [d for d in sink.docs() if d.get("resource") == "job" and d["status"] in TERMINAL_STATUSES]
+    assert len(terminal) == 1, _statuses(sink)
+    return terminal[0]
+
+
+def test_completed_job_writes_the_hysds_work_dir(tmp_path: Path) -> None:
+    backend = FakeBackend(stdout="hello world\n")
+    runner, sink = _runner(tmp_path, backend)
+    job = make_job("/bin/echo hello world")
+    outcome = runner.run(job)
+    assert outcome.status == "job-completed" and outcome.exit_code == 0
+    jd = outcome.job_dir
+    assert jd is not None and jd.parent.parent.parent.parent.parent.parent.name == "jobs"
+    assert jd.name == job["job_id"]
+    assert (jd / ".done").exists() and not (jd / ".running").exists()
+    assert (jd / "_stdout.txt").read_text() == "hello world\n"
+    assert (jd / "_exit_code").read_text().strip() == "0"
+    info = json.loads((jd / "_job.json").read_text())["job_info"]
+    for key in ("job_dir", "time_start", "cmd_start", "cmd_end", "cmd_duration", "time_end", "duration",
+                "metrics", "pid"):
+        assert key in info, key
+    assert info["status"] == 0
+    context = json.loads((jd / "_context.json").read_text())
+    assert context["_prov"] == {"wasGeneratedBy": f"task_id:{job['task_id']}"}
+    assert context["_command"] == "/bin/echo hello world"
+    run_sh = (jd / "_run.sh").read_text()
+    assert os.stat(jd / "_run.sh").st_mode & stat.S_IXUSR
+    assert "hunter2" not in run_sh and "SECRET_TOKEN" not in run_sh
+    assert backend.calls[0].argv == ("/bin/echo", "hello", "world")
+    assert _statuses(sink) == ["job-started", "job-completed"]
+    assert [d.get("type") for d in sink.docs()] == ["sr_test", "job_info", "sr_test"]
+    assert sink.statuses[job["task_id"]] == "job-completed"
+
+
+def test_nonzero_exit_fails_once_and_keeps_exit_code(tmp_path: Path) -> None:
+    runner, sink = _runner(tmp_path, FakeBackend(exit_code=3))
+    outcome = runner.run(make_job("/bin/false"))
+    doc = _one_terminal(sink)
+    assert outcome.status == doc["status"] == "job-failed"
+    assert doc["error"] == "Got non-zero exit code: 3"
+    assert doc["short_error"] == "Got non-zero exit code: 3"
+    assert outcome.job_dir is not None and (outcome.job_dir / "_exit_code").read_text().strip() == "3"
+    assert json.loads((outcome.job_dir / "_job.json").read_text())["job_info"]["status"] == 3
+
+
+def test_alt_error_written_by_the_job_overrides_the_error(tmp_path: Path) -> None:
+    def pge(spec: ContainerSpec, io: JobIO) -> int:
+        Path(spec.workdir, "_alt_error.txt").write_text("PGE: granule has no valid pixels\n")
+        Path(spec.workdir, "_alt_traceback.txt").write_text("Traceback: pge.py line 3\n")
+        return 2
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=pge))
+    runner.run(make_job("/run_pge.sh"))
+    doc = _one_terminal(sink)
+    assert doc["error"] == "PGE: granule has no valid pixels"
+    assert doc["traceback"] == "Traceback: pge.py line 3"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (make_job("/bin/true") | {"job_info": {"dedup": False}}, "payload_hash"),
+        (make_job("/bin/true", params={"_command": "/bin/true", "_disk_usage": "1.5XB"}), "1.5XB"),
+        (make_job("/bin/true", params={"localize_urls": []}), "HYSDS_WORKER_CFG"),
+    ],
+    ids=["malformed-json", "not-an-object", "missing-field", "bad-disk-usage", "no-command"],
+)
+def test_bad_input_ends_as_exactly_one_job_failed(tmp_path: Path, raw: Any, needle: str) -> None:
+    backend = FakeBackend()
+    runner, sink = _runner(tmp_path, backend)
+    outcome = runner.run(json.dumps(raw) if not isinstance(raw, str) else raw)
+    doc = _one_terminal(sink)
+    assert doc["status"] == outcome.status == "job-failed"
+    assert needle in doc["error"], doc["error"]
+    assert "Traceback" not in doc["error"]
+    assert backend.calls == []
+
+
+def test_unknown_job_type_in_worker_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "worker.json"
+    cfg.write_text(json.dumps({"configs": [{"type": "other", "command": {"path": "/bin/true"}}]}))
+    runner, sink = _runner(tmp_path, FakeBackend(), HYSDS_WORKER_CFG=str(cfg))
+    runner.run(make_job("/bin/true"))
+    assert "sr_test" in _one_terminal(sink)["error"]
+
+
+def test_worker_config_wins_and_substitutes_params(tmp_path: Path) -> None:
+    cfg = tmp_path / "worker.json"
+    cfg.write_text(json.dumps({"configs": [{"type": "sr_test", "command": {
+        "path": "/bin/echo", "options": ["-n"], "arguments": ["$echo_var", "$files"],
+        "env": [{"key": "MODE", "value": "fast"}]}}]}))
+    backend = FakeBackend()
+    runner, _ = _runner(tmp_path, backend, HYSDS_WORKER_CFG=str(cfg))
+    job = make_job("/bin/ignored")
+    job["params"].update({"echo_var": "hi there", "files": ["a", "b"]})
+    assert runner.run(job).ok
+    spec = backend.calls[0]
+    assert spec.argv == ("/bin/echo", "-n", "hi there", "a", "b")
+    assert dict(spec.env) == {"MODE": "fast"}
+
+
+def test_unknown_pre_step_fails_before_anything_runs(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    runner, sink = _runner(tmp_path, backend)
+    job = make_job("/bin/true")
+    job["params"]["job_specification"]["pre"] = ["some.python.preprocessor.function"]
+    outcome = runner.run(job)
+    assert "some.python.preprocessor.function" in _one_terminal(sink)["error"]
+    assert outcome.job_dir is None and backend.calls == []
+
+
+def test_hysds_step_names_resolve_to_ours(tmp_path: Path) -> None:
+    runner, _ = _runner(tmp_path, FakeBackend())
+    job = make_job("/bin/true")
+    job["params"]["job_specification"].update({
+        "disable_pre_builtins": True, "pre": ["hysds.localize.localize_urls_parallel"],
+        "disable_post_builtins": True, "post": ["hysds.dataset_ingest_bulk.publish_datasets_parallel"]})
+    assert runner.run(job).ok
+
+
+def test_step_bug_still_closes_the_job(tmp_path: Path) -> None:
+    def crash(spec: ContainerSpec, io: JobIO) -> int:
+        raise ZeroDivisionError("boom")
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=crash))
+    outcome = runner.run(make_job("/bin/true"))
+    doc = _one_terminal(sink)
+    assert doc["error"].startswith("internal error: ZeroDivisionError")
+    assert "Traceback" in doc["traceback"]
+    assert outcome.job_dir is not None and (outcome.job_dir / ".done").exists()
+    assert (outcome.job_dir / "_exit_code").read_text().strip() == "1"
+
+
+def test_interrupt_from_another_thread_gives_its_own_status(tmp_path: Path) -> None:
+    holder: dict[str, JobRunner] = {}
+
+    def sleeper(spec: ContainerSpec, io: JobIO) -> int:
+        assert holder["runner"].interrupt("job-terminated", "caught signal 15", 15)
+        io.cancel.wait(5)
+        return 143
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=sleeper))
+    holder["runner"] = runner
+    outcome = runner.run(make_job("/bin/sleep 600"))
+    doc = _one_terminal(sink)
+    assert outcome.status == doc["status"] == "job-terminated" and doc["signum"] == 15
+    assert outcome.job_dir is not None and (outcome.job_dir / ".done").exists()
+
+
+def test_dry_run_plans_without_side_effects(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    runner, sink = _runner(tmp_path, backend)
+    spec = runner.plan(make_job("/bin/echo hi"))
+    assert spec.argv == ("/bin/echo", "hi") and spec.network == "none"
+    assert spec.labels["sandbox_runner.job_id"].startswith("sr_test-")
+    assert sink.docs() == [] and backend.calls == [] and not (tmp_path / "work" / "jobs").exists()
