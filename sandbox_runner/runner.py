@@ -23,9 +23,10 @@ from sandbox_runner.errors import CommandFailed, JobFormatError, SandboxRunnerEr
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.settings import Settings
+from sandbox_runner.steps.admit import AdmitDisk, release_reservation
 from sandbox_runner.steps.base import JobContext, Step
 from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
-from sandbox_runner.steps.prepare import CheckDisk, ResolveJob
+from sandbox_runner.steps.prepare import ResolveJob
 from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir
 from sandbox_runner.workdir import job_dir_path
 
@@ -85,7 +86,7 @@ class JobRunner:
         self.settings = settings
         self.emitter = emitter
         self.steps: list[Step] = list(steps) if steps is not None else [
-            ResolveJob(), CheckDisk(), CreateWorkDir(), AnnounceStart(), BuildContainer(backend_for),
+            ResolveJob(), AdmitDisk(), CreateWorkDir(), AnnounceStart(), BuildContainer(backend_for),
             PreProcess(), RunCommand(), PostProcess(),
         ]
         self._current: JobContext | None = None
@@ -116,6 +117,7 @@ class JobRunner:
                     failure = failure or exc
             return self._close(ctx, failure)
         finally:
+            release_reservation(ctx)  # also when close-up itself fails; a dead process releases it by dying
             with self._lock:
                 self._current = None
 

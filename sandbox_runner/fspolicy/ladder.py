@@ -1,0 +1,249 @@
+"""The scrub ladder: free space (and inodes) under the work root, one rung at a time, only as much as needed.
+
+Rungs run in the policy's order (default: succeeded jobs, failed jobs past retention, quarantine purge, cache
+eviction) and stop as soon as the target holds. Moving a job dir into quarantine frees nothing by itself, so the
+job rungs stop once the quarantine holds enough to cover the shortfall; the purge rung then deletes oldest first,
+re-reading ``statvfs`` after each entry, and stops when the disk says the target holds.
+
+Never touched: a dir whose lock a live process holds (running, or in close-up), the dirs in ``protect`` (the
+current job), anything reached through a symlink, anything outside ``<root>/jobs``, ``<root>/quarantine`` and the
+cache. Every action streams: a report keeps counts and sums, and ``on_action`` sees each action as it happens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox_runner.fspolicy import quarantine as q
+from sandbox_runner.fspolicy.cache import EvictableCache, lru_order, open_cache
+from sandbox_runner.fspolicy.jobdirs import JobDir, State, classify, iter_job_paths, measure, note_crashed
+from sandbox_runner.fspolicy.policy import JOB_RUNGS, FsPolicy
+
+if TYPE_CHECKING:
+    from sandbox_runner.events.emitter import Emitter
+
+EVENT_TYPE = "filesystem"
+
+
+@dataclass(frozen=True)
+class Space:
+    capacity: int
+    free: int
+    files: int  # 0 on filesystems without an inode count: inode thresholds do not apply
+    ffree: int
+
+    @classmethod
+    def of(cls, path: str) -> Space:
+        st = os.statvfs(path)
+        return cls(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, st.f_files, st.f_favail)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # quarantine | purge | evict
+    path: str
+    bytes: int
+    inodes: int
+    reason: str  # succeeded | failed | crashed | quarantine | ttl | cache | cache-cap
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    def add(self, action: Action) -> None:
+        self.counts[action.kind] = self.counts.get(action.kind, 0) + 1
+        self.bytes[action.kind] = self.bytes.get(action.kind, 0) + (0 if action.error else action.bytes)
+        self.errors += action.error is not None
+
+    @property
+    def freed(self) -> int:
+        return self.bytes.get("purge", 0) + self.bytes.get("evict", 0)
+
+
+class Scrubber:
+    def __init__(self, root: str | Path, policy: FsPolicy, emitter: Emitter | None = None, *,
+                 protect: Iterable[str | Path] = (), dry_run: bool = False,
+                 on_action: Callable[[Action], None] | None = None, cache: EvictableCache | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        # everything below works on paths under the realpath of the root, so no component is a symlink
+        self.root = os.path.realpath(root)
+        self.policy, self.emitter, self.dry_run, self.on_action = policy, emitter, dry_run, on_action
+        self.protect = frozenset(os.path.realpath(p) for p in protect)
+        self.cache = cache if cache is not None else open_cache(self.root)
+        self.clock = clock
+        self.report = Report()
+        # dry run: what the actions so far would have given back, and how far the quarantine and the cache
+        # have been "purged" (both are consumed oldest first, so a cursor says what is already gone)
+        self._simulated = 0, 0
+        self._q_cursor: str | None = None
+        self._c_cursor: tuple[float, str] | None = None
+
+    # -- measuring ---------------------------------------------------------------------------------------------
+    def space(self) -> Space:
+        s = Space.of(self.root)
+        if self.dry_run:
+            s = Space(s.capacity, s.free + self._simulated[0], s.files, s.ffree + self._simulated[1])
+        return s
+
+    def shortfall(self, want_bytes: int, want_inodes: int) -> tuple[int, int]:
+        s = self.space()
+        return max(0, want_bytes - s.free), (max(0, want_inodes - s.ffree) if s.files else 0)
+
+    # -- the ladder --------------------------------------------------------------------------------------------
+    def ladder(self, want_bytes: int, want_inodes: int) -> bool:
+        """Scrub until ``want_bytes`` and ``want_inodes`` are free. True when they are."""
+        qdir = q.ensure_dir(self.root) if not self.dry_run else os.path.join(self.root, q.QUARANTINE)
+        pending: list[int] | None = None
+        for rung in self.policy.order:
+            if self.shortfall(want_bytes, want_inodes) == (0, 0):
+                break
+            if rung in JOB_RUNGS:
+                if pending is None:
+                    pending = list(q.totals(qdir, measure, self._q_cursor)) if qdir else [0, 0]
+
+                def enough(p: list[int]) -> bool:
+                    sb, si = self.shortfall(want_bytes, want_inodes)
+                    return p[0] >= sb and p[1] >= si
+
+                if enough(pending):
+                    continue
+                for job in self.candidates(rung):
+                    size, inodes = self.quarantine(job, qdir)
+                    pending[0], pending[1] = pending[0] + size, pending[1] + inodes
+                    if enough(pending):
+                        break
+            elif rung == "quarantine" and qdir:
+                for entry in q.oldest_first(qdir, measure, after=self._q_cursor):
+                    if self.shortfall(want_bytes, want_inodes) == (0, 0):
+                        break
+                    self._purge(entry, "quarantine")
+                if self.dry_run and pending and pending != [0, 0] and \
+                        self.shortfall(want_bytes, want_inodes) != (0, 0):
+                    # the dirs this dry run "quarantined" are not really there to list: purge them as one lot
+                    self._act(Action("purge", "(the job dirs quarantined above)", pending[0], pending[1],
+                                     "quarantine"))
+                    self._simulate_purge(pending)
+            elif rung == "cache":
+                for key, used in lru_order(self.cache, after=self._c_cursor):
+                    if self.shortfall(want_bytes, want_inodes) == (0, 0):
+                        break
+                    self.evict(key, used, "cache")
+        return self.shortfall(want_bytes, want_inodes) == (0, 0)
+
+    def candidates(self, rung: str) -> Iterator[JobDir]:
+        """Job dirs this rung may quarantine, oldest first; reports crashed jobs it passes on the way."""
+        now, pol = self.clock(), self.policy
+        for path in iter_job_paths(os.path.join(self.root, "jobs")):
+            if path in self.protect:
+                continue
+            job = classify(path)
+            age = now - job.since
+            if job.state is State.CRASHED and age >= pol.crashed_grace:
+                self.report_crashed(job)
+            if rung == "succeeded":
+                ok = job.state is State.SUCCEEDED and age >= pol.succeeded_retention
+            else:
+                ok = (job.state is State.FAILED and age >= pol.failed_retention) or \
+                     (job.state is State.CRASHED and age >= pol.crashed_grace)
+            if ok:
+                yield job
+
+    def scan_crashed(self) -> None:
+        """Walk every job dir once to report crashed jobs past their grace (the failed rung does it on its way)."""
+        for _ in self.candidates("failed"):
+            pass
+
+    def quarantine(self, job: JobDir, qdir: str | None) -> tuple[int, int]:
+        """Move one job dir into quarantine; what purging it will give back (0 if it was purged in place)."""
+        size, inodes = measure(job.path)
+        reason = job.state.value
+        if self.dry_run:
+            self._act(Action("quarantine", job.path, size, inodes, reason), job.job_id)
+            return size, inodes
+        name = q.entry_name(size, inodes, job.stamp, job.job_id)
+        dest = q.move_in(qdir, job.path, name) if qdir else None
+        if dest is not None:
+            self._act(Action("quarantine", dest, size, inodes, reason), job.job_id, origin=job.path)
+            return size, inodes
+        if os.path.lexists(job.path):  # no atomic rename possible here (EXDEV, no room for an entry)
+            self._purge(q.Entry(job.job_id, job.path, size, inodes, 0.0), reason)
+        return 0, 0
+
+    # -- housekeeping (periodic and manual scrubs) -------------------------------------------------------------
+    def housekeeping(self) -> None:
+        """What a scrub does even when space is fine: quarantine TTL, the cache cap, crashed-job discovery."""
+        qdir = os.path.join(self.root, q.QUARANTINE)
+        if not os.path.islink(qdir):
+            horizon = self.clock() - self.policy.quarantine_ttl
+            for entry in q.oldest_first(qdir, measure, after=self._q_cursor):
+                if entry.quarantined_at >= horizon:
+                    break  # name order is quarantine order: the rest are younger still
+                self._purge(entry, "ttl")
+        self.scan_crashed()
+        cap = self.policy.cache_cap.bytes_for(self.space().capacity)
+        if cap is not None and "cache" in self.policy.order:
+            excess = self.cache.size() - cap
+            for key, used in lru_order(self.cache, after=self._c_cursor):
+                if excess <= 0:
+                    break
+                excess -= self.evict(key, used, "cache-cap")
+
+    # -- single actions ----------------------------------------------------------------------------------------
+    def report_crashed(self, job: JobDir) -> None:
+        if job.reported or self.dry_run:
+            return
+        if note_crashed(job.path) and self.emitter is not None:
+            self.emitter.event(EVENT_TYPE, "crashed-job", {
+                "root": self.root, "path": job.path, "job_id": job.job_id, "idle_seconds": self.clock() - job.since,
+                "grace_seconds": self.policy.crashed_grace, "bytes_freed": 0})
+
+    def evict(self, key: str, used: float, reason: str) -> int:
+        if self.dry_run:
+            self._c_cursor = used, key
+            size = measure(key)[0]
+            self._simulated = self._simulated[0] + size, self._simulated[1]
+            self._act(Action("evict", key, size, 0, reason))
+            return size
+        freed = self.cache.evict(key)
+        self._act(Action("evict", key, freed, 0, reason, None if freed else "in use or already gone"))
+        return freed
+
+    def _purge(self, entry: q.Entry, reason: str) -> None:
+        if self.dry_run:
+            self._q_cursor = entry.name if reason in ("ttl", "quarantine") else self._q_cursor
+            self._simulate_purge([entry.bytes, entry.inodes])
+            self._act(Action("purge", entry.path, entry.bytes, entry.inodes, reason), entry.job_id)
+            return
+        err = q.purge(entry.path)
+        self._act(Action("purge", entry.path, entry.bytes, entry.inodes, reason,
+                         f"{err.strerror}: {err.filename}" if err else None), entry.job_id)
+
+    def _simulate_purge(self, amount: list[int]) -> None:
+        self._simulated = self._simulated[0] + amount[0], self._simulated[1] + amount[1]
+        amount[0] = amount[1] = 0
+
+    def _act(self, action: Action, job_id: str | None = None, **extra: Any) -> None:
+        self.report.add(action)
+        if self.on_action is not None:
+            self.on_action(action)
+        if self.emitter is None or self.dry_run:
+            return
+        status = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted"}[action.kind]
+        doc: dict[str, Any] = {
+            "root": self.root, "path": action.path, "reason": action.reason, "bytes": action.bytes,
+            "inodes": action.inodes, "bytes_freed": 0 if action.kind == "quarantine" or action.error else action.bytes,
+            **extra}
+        if job_id is not None:
+            doc["job_id"] = job_id
+        if action.error:
+            doc["error"] = action.error
+        self.emitter.event(EVENT_TYPE, status, doc)

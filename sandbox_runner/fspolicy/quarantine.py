@@ -1,0 +1,149 @@
+"""``<root>/quarantine/``: where condemned job dirs wait to be purged.
+
+A job dir leaves ``jobs/`` by one atomic rename on the same filesystem: nobody ever sees a half-deleted job dir,
+and a purge interrupted by a crash is simply resumed later. An entry's name carries everything the purge needs,
+so listing the quarantine never has to walk inside it::
+
+    <ns since epoch, 20 digits>.<bytes>.<inodes>.<YYYYMMDDHHMI start minute>.<job dir name>
+
+The leading timestamp makes name order the order of quarantine, so "oldest first" is a name sort. The sort is
+done in bounded batches (``heapq.nsmallest``), so a quarantine of a million entries costs time, not memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+QUARANTINE = "quarantine"
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: str
+    bytes: int
+    inodes: int
+    quarantined_at: float  # seconds since the epoch
+
+    @property
+    def job_id(self) -> str:
+        parts = self.name.split(".", 4)
+        return parts[4] if len(parts) == 5 else self.name
+
+
+def entry_name(size: int, inodes: int, stamp: str, job_dir_name: str, now_ns: int | None = None) -> str:
+    return f"{now_ns if now_ns is not None else time.time_ns():020d}.{size}.{inodes}.{stamp}.{job_dir_name}"
+
+
+def _entry(qdir: str, name: str, measure: Callable[[str], tuple[int, int]]) -> Entry:
+    path = os.path.join(qdir, name)
+    parts = name.split(".", 4)
+    try:
+        ns, size, inodes = int(parts[0]), int(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        # put there by hand (or an older layout): measure it, and treat it as the oldest
+        size, inodes = measure(path)
+        ns = 0
+    return Entry(name, path, size, inodes, ns / 1e9)
+
+
+def _names(qdir: str, after: str | None) -> Iterator[str]:
+    try:
+        with os.scandir(qdir) as it:
+            for entry in it:
+                if (after is None or entry.name > after) and not entry.name.startswith(".tmp"):
+                    yield entry.name
+    except (FileNotFoundError, NotADirectoryError):
+        return
+
+
+def oldest_first(qdir: str, measure: Callable[[str], tuple[int, int]], batch: int = BATCH,
+                 after: str | None = None) -> Iterator[Entry]:
+    """Quarantine entries (named after ``after``) in quarantine order, listing the directory once per ``batch``."""
+    while True:
+        names = heapq.nsmallest(batch, _names(qdir, after))
+        if not names:
+            return
+        for name in names:
+            yield _entry(qdir, name, measure)
+        after = names[-1]
+        if len(names) < batch:
+            return
+
+
+def totals(qdir: str, measure: Callable[[str], tuple[int, int]], after: str | None = None) -> tuple[int, int]:
+    """(bytes, inodes) that purging the whole quarantine would give back, streamed."""
+    size = inodes = 0
+    for name in _names(qdir, after):
+        e = _entry(qdir, name, measure)
+        size, inodes = size + e.bytes, inodes + e.inodes
+    return size, inodes
+
+
+def ensure_dir(root: str) -> str | None:
+    """``<root>/quarantine`` (created if need be), or None when it cannot be used: then dirs are purged in place.
+
+    A symlinked quarantine would make the rename carry a job dir out of the root, so it is refused.
+    """
+    qdir = os.path.join(root, QUARANTINE)
+    try:
+        os.mkdir(qdir, 0o755)
+    except FileExistsError:
+        pass
+    except OSError:  # out of inodes, read-only parent: fall back to deleting in place
+        return None
+    if os.path.islink(qdir) or not os.path.isdir(qdir):
+        return None
+    return qdir
+
+
+def move_in(qdir: str, job_path: str, name: str) -> str | None:
+    """Rename ``job_path`` to ``qdir/name``. None when it is gone already or the rename cannot be atomic."""
+    dest = os.path.join(qdir, name)
+    try:
+        os.rename(job_path, dest)
+    except FileNotFoundError:
+        return None  # another scrubber got there first
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.ENOSPC, errno.EDQUOT, errno.EMLINK):
+            return None  # jobs/ on another filesystem, or no room for one more entry: caller purges in place
+        raise
+    return dest
+
+
+def purge(path: str) -> OSError | None:
+    """Delete a dir without following symlinks (``shutil.rmtree`` walks by file descriptor on Linux).
+
+    Returns the first error, if any: files a container wrote as a sub-uid cannot be deleted by the worker
+    user, and those must be reported, not silently left behind (HySDS uses ``ignore_errors=True``).
+    """
+    errors: list[OSError] = []
+
+    def onexc(func: object, p: str, exc: BaseException) -> None:
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, OSError) and not errors:
+            errors.append(exc)
+
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):  # a symlink or stray file put there by hand
+            os.unlink(path)
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=onexc)
+    else:
+        shutil.rmtree(path, onerror=lambda func, p, info: onexc(func, p, info[1]))
+    return errors[0] if errors else None

@@ -1,0 +1,44 @@
+"""The disk admission step: reserve the job's disk need under the filesystem policy, scrubbing if short.
+
+It replaces the simple free-percent check. The reservation lives in ``ctx.notes`` until the runner's close-up
+calls :func:`release_reservation`; if the worker process dies first, the kernel releases it with the process.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from sandbox_runner.errors import ConfigError
+from sandbox_runner.fspolicy import Reservation, admit, load_fs_policy
+from sandbox_runner.fspolicy.ladder import Space
+from sandbox_runner.steps.base import JobContext
+from sandbox_runner.steps.prepare import disk_need
+
+NOTE = "disk_reservation"
+
+
+class AdmitDisk:
+    name: ClassVar[str] = "disk"
+    always: ClassVar[bool] = False
+
+    def run(self, ctx: JobContext) -> None:
+        assert ctx.work_root is not None
+        need = disk_need(ctx) or 0  # a malformed disk_usage raises JobFormatError: one clear job-failed
+        policy = load_fs_policy(ctx.settings.fs_policy)
+        root = ctx.work_root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"work root {root} is not usable: {exc.strerror}", field="work_root") from None
+        reservation = admit(root, policy, need_bytes=need, job_id=str(ctx.job.get("job_id")), emitter=ctx.emitter)
+        ctx.notes[NOTE] = reservation
+        space = Space.of(str(root))
+        ctx.notes["disk"] = {"need": need, "free": space.free, "capacity": space.capacity,
+                             "policy": policy.source}
+
+
+def release_reservation(ctx: JobContext) -> None:
+    """Close-up: give the job's disk reservation back (no-op when the job never got one)."""
+    reservation = ctx.notes.pop(NOTE, None)
+    if isinstance(reservation, Reservation):
+        reservation.release()
