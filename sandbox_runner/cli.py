@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="check what a rootless node needs, and say what to fix")
     doc.add_argument("--work-root", type=Path)
+
+    scrub = sub.add_parser("scrub", help="free space under the work root as the filesystem policy says")
+    scrub.add_argument("--dry-run", action="store_true", help="print what would be quarantined and purged; do nothing")
+    scrub.add_argument("--work-root", type=Path, help="root work dir [SANDBOX_RUNNER_WORK_ROOT]")
     return p
 
 
@@ -76,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sandbox_runner.doctor import doctor
 
             return doctor(settings.with_overrides(work_root=args.work_root))
+        if args.command == "scrub":
+            from sandbox_runner.fspolicy.command import scrub as scrub_command
+
+            return scrub_command(args, settings)
     except SandboxRunnerError as exc:
         print(f"sandbox-runner: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

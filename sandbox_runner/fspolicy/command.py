@@ -1,0 +1,53 @@
+"""``sandbox-runner scrub [--dry-run] [--work-root DIR]``: one scrub by hand, printing every action and its bytes."""
+
+from __future__ import annotations
+
+import argparse
+
+from sandbox_runner.fspolicy.ladder import Action, Space
+from sandbox_runner.fspolicy.periodic import scrub_once
+from sandbox_runner.fspolicy.policy import load_fs_policy
+from sandbox_runner.settings import Settings
+from sandbox_runner.units import format_size
+
+EXIT_OK, EXIT_FAILED = 0, 1
+_DONE = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted"}
+
+
+def _line(action: Action, dry_run: bool) -> str:
+    verb = f"would {action.kind}" if dry_run else _DONE[action.kind]
+    # a quarantined dir frees its bytes when the quarantine is purged; say so rather than claim them twice
+    frees = "frees on purge" if action.kind == "quarantine" else "frees"
+    text = f"{verb:<16} {action.path}  ({action.reason}; {frees} {format_size(action.bytes)}"
+    text += f", {action.inodes} inodes)" if action.inodes else ")"
+    return text + (f"  FAILED: {action.error}" if action.error else "")
+
+
+def scrub(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.with_overrides(work_root=args.work_root)
+    root = settings.work_root or settings.default_work_root
+    policy = load_fs_policy(settings.fs_policy)
+    if not root.is_dir():
+        print(f"{root}: no work root here, nothing to scrub")
+        return EXIT_OK
+    emitter = None
+    if not args.dry_run:
+        from sandbox_runner.events import Emitter, open_sink
+
+        emitter = Emitter(open_sink(settings.redis_url, root), hostname=settings.worker_name,
+                          status_key=settings.status_key, job_info_key=settings.job_info_key,
+                          status_expires=settings.status_expires)
+    try:
+        report = scrub_once(root, policy, emitter, dry_run=args.dry_run,
+                            on_action=lambda a: print(_line(a, args.dry_run), flush=True))
+    finally:
+        if emitter is not None:
+            emitter.close()
+    space = Space.of(str(root))
+    counts, sizes = report.counts, report.bytes
+    lead = "would free" if args.dry_run else "freed"
+    print(f"{lead} {format_size(report.freed)}: {counts.get('quarantine', 0)} dir(s) quarantined "
+          f"({format_size(sizes.get('quarantine', 0))}), {counts.get('purge', 0)} purged, "
+          f"{counts.get('evict', 0)} cache entr(ies) evicted; {format_size(space.free)} of "
+          f"{format_size(space.capacity)} free now (policy: {policy.source})")
+    return EXIT_FAILED if report.errors else EXIT_OK
