@@ -98,3 +98,28 @@ class EventSinkError(SandboxRunnerError):
     """An event could not be delivered to its sink (Redis down, spool not writable)."""
 
     kind = "events"
+
+
+# --- data in and out: localize, publish ---------------------------------------------------------------------------
+class TransferError(SandboxRunnerError):
+    """A download or upload failed for good (after its retries). The message names the URL, credentials redacted."""
+
+    kind = "transfer"
+
+
+class IntegrityError(TransferError):
+    """A localized file does not match its checksum file. The message names the file."""
+
+    kind = "checksum"
+
+
+class PublishError(SandboxRunnerError):
+    """A dataset could not be recognized or published; nothing of it is left at its location."""
+
+    kind = "publish"
+
+
+class NoClobberError(PublishError):
+    """A dataset already exists at its location and the job neither forces nor retries it."""
+
+    kind = "no-clobber"

@@ -41,6 +41,16 @@ class Settings:
     stop_grace: float = 10.0
     log_format: str = "auto"  # auto | console | json
     log_level: str = "info"
+    #: data in/out (localize, publish): downloads/uploads at once, retries per transfer, first backoff (seconds,
+    #: doubled per attempt), per-operation network timeout, the localize cache (None = ``<work_root>/cache``),
+    #: the S3 endpoint for plain ``s3://bucket/key`` URLs (None = AWS), a progress line: auto | always | never
+    transfer_concurrency: int = 8
+    transfer_retries: int = 5
+    transfer_backoff: float = 1.0
+    transfer_timeout: float = 60.0
+    cache_dir: Path | None = None
+    s3_endpoint_url: str | None = None
+    progress: str = "auto"
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -76,6 +86,13 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_STOP_GRACE": "stop_grace",
     "SANDBOX_RUNNER_LOG_FORMAT": "log_format",
     "SANDBOX_RUNNER_LOG_LEVEL": "log_level",
+    "SANDBOX_RUNNER_TRANSFER_CONCURRENCY": "transfer_concurrency",
+    "SANDBOX_RUNNER_TRANSFER_RETRIES": "transfer_retries",
+    "SANDBOX_RUNNER_TRANSFER_BACKOFF": "transfer_backoff",
+    "SANDBOX_RUNNER_TRANSFER_TIMEOUT": "transfer_timeout",
+    "SANDBOX_RUNNER_CACHE_DIR": "cache_dir",
+    "SANDBOX_RUNNER_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "SANDBOX_RUNNER_PROGRESS": "progress",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -107,6 +124,11 @@ def _checked(settings: Settings) -> Settings:
                           field="min_free_percent")
     if settings.log_format not in ("auto", "console", "json"):
         raise ConfigError(f"unknown log format {settings.log_format!r}", field="log_format")
+    if settings.transfer_concurrency < 1 or settings.transfer_retries < 0 or settings.transfer_timeout <= 0:
+        raise ConfigError("transfer_concurrency must be >= 1, transfer_retries >= 0 and transfer_timeout > 0",
+                          field="transfer")
+    if settings.progress not in ("auto", "always", "never"):
+        raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
     return settings
 
 
