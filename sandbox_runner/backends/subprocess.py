@@ -1,0 +1,274 @@
+"""SubprocessBackend: the container-less path, sandboxed by bubblewrap when it is installed.
+
+With bwrap the job sees the host root read-only, private /tmp, /dev and /proc, its work dir and the
+policy-checked mounts as asked, and (unless ``network == "host"``) no network: ``--unshare-all`` gives it
+fresh user/pid/net/ipc/uts namespaces, which works for a plain user. Without bwrap it is a plain subprocess
+in its own session, like HySDS's MonitoredRunner, and nothing but the environment is restricted.
+
+``spec.image``, ``uid``/``gid`` and ``runtime_options`` do not apply here: the command runs as the worker user
+on the host's own root filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import pwd
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import structlog
+
+from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
+from sandbox_runner.errors import BackendError
+
+log = structlog.get_logger("sandbox_runner.subprocess")
+
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: How often the cancel waiter notices that the job ended by itself (the exit itself is a blocking wait).
+_CANCEL_TICK = 0.05
+#: (path in the sandbox, host path or None for an in-sandbox tmpfs, writable)
+_View = list[tuple[str, str | None, bool]]
+_Std = tuple[BinaryIO, BinaryIO]
+#: Warnings already given by this process: the runner builds a backend per job, so "once" is per process.
+_WARNED: set[str] = set()
+
+
+def _warn_once(event: str, **fields: Any) -> None:
+    if event not in _WARNED:
+        _WARNED.add(event)
+        log.warning(event, once_per_process=True, **fields)
+
+
+def base_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """PATH, HOME and LANG only: the worker's environment may hold broker/cloud credentials."""
+    home = environ.get("HOME") or pwd.getpwuid(os.getuid()).pw_dir
+    return {
+        "PATH": environ.get("PATH") or _DEFAULT_PATH,
+        "HOME": home,
+        "LANG": environ.get("LANG") or "C.UTF-8",
+    }
+
+
+def _exit_code(returncode: int) -> int:
+    # Popen reports a signal death as -signum; a shell, bwrap or a container engine reports 128+signum.
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _lookup(path: str, view: _View) -> tuple[str | None, bool]:
+    """Where ``path`` inside the sandbox comes from: (host path or None if on a tmpfs, writable)."""
+    best = max((e for e in view if _is_under(path, e[0])), key=lambda e: len(e[0]))  # "/" is always there
+    target, host, writable = best
+    rest = path[len(target.rstrip("/")) :]
+    return (host.rstrip("/") + rest if host is not None else None), writable
+
+
+class _Job:
+    """The running process and the lock that keeps signals from reaching a reaped (reusable) pid."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sandbox_pgid: int | None) -> None:
+        self.proc = proc
+        self.sandbox_pgid = sandbox_pgid
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+
+    def signal(self, sig: int) -> None:
+        with self.lock:
+            if self.finished.is_set():
+                return
+            # Under bwrap the job runs in the sandbox's own session (--new-session) led by bwrap's init:
+            # SIGTERM goes there so the job can clean up (the init has no handler, only the job sees it).
+            # Signalling the outer bwrap SIGKILLs all via --die-with-parent: right only while the command
+            # is not forked yet (a SIGTERM to the sandbox group would be lost then). SIGKILL hits both.
+            if sig == signal.SIGKILL:
+                groups = [g for g in (self.sandbox_pgid, self.proc.pid) if g]
+            elif self.sandbox_pgid is not None and _has_other_members(self.sandbox_pgid):
+                groups = [self.sandbox_pgid]
+            else:
+                groups = [self.proc.pid]
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                    os.killpg(pgid, sig)
+
+    def mark_finished(self) -> None:
+        with self.lock:
+            self.finished.set()
+
+
+def _has_other_members(pgid: int) -> bool:
+    """Does process group ``pgid`` hold a process besides its leader? (stat: pid (comm) S ppid pgrp)"""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != pgid:
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+            if int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def _watch_cancel(job: _Job, cancel: threading.Event, grace: float) -> None:
+    while not cancel.wait(_CANCEL_TICK):
+        if job.finished.is_set():
+            return
+    job.signal(signal.SIGTERM)
+    if not job.finished.wait(grace):
+        job.signal(signal.SIGKILL)
+
+
+class SubprocessBackend:
+    """Runs ``spec.argv`` on this host: in a bubblewrap sandbox if available, else setsid'ed."""
+
+    name = "subprocess"
+
+    def __init__(self, *, use_bwrap: bool | None = None, env: Mapping[str, str] | None = None) -> None:
+        """``env``: the worker environment to take PATH/HOME/LANG from (default: os.environ, read now)."""
+        found = shutil.which("bwrap")
+        if use_bwrap and found is None:
+            raise BackendError("bubblewrap (bwrap) was requested but is not on PATH")
+        self.bwrap: str | None = found if use_bwrap is not False else None
+        self.base_env = base_env(os.environ if env is None else env)
+        if self.bwrap is None:
+            _warn_once("subprocess-unsandboxed", detail="no bubblewrap: jobs get the host network and filesystem")
+
+    def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
+        if not spec.argv:
+            raise BackendError(f"job {spec.name}: empty command")
+        if not os.path.isabs(spec.workdir) or not os.path.isdir(spec.workdir):
+            raise BackendError(f"job {spec.name}: work dir {spec.workdir} is not an absolute directory")
+        if spec.image:
+            detail = "the subprocess backend runs no container: the command runs on the host's root filesystem"
+            _warn_once("subprocess-image-ignored", job=spec.name, image=spec.image, detail=detail)
+        env = {**self.base_env, **spec.env}
+        # Append: never clobber what the runner may already have written; O_APPEND also keeps lines whole when
+        # stdout and stderr are the same file.
+        with open(io.stdout, "ab") as out, open(io.stderr, "ab") as err:
+            if self.bwrap is None:
+                return self._spawn(spec, io, [*spec.argv], env, (out, err))
+            args, view = self._bwrap_args(spec)
+            problem = _exec_problem(spec.argv[0], env, spec.workdir, view)
+            if problem:
+                return _unable_to_exec(spec.argv[0], problem, err)
+            return self._spawn(spec, io, [self.bwrap, *args, "--", *spec.argv], env, (out, err))
+
+    def _bwrap_args(self, spec: ContainerSpec) -> tuple[list[str], _View]:
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        view: _View = [("/", "/", False), ("/dev", None, True), ("/proc", None, False), ("/tmp", None, True)]
+        binds = [(spec.workdir, spec.workdir, True)] + [(m.container, m.host, m.mode == "rw") for m in spec.mounts]
+        # Parents before children (as docker orders mounts): HySDS mounts <root>/jobs, which contains the work
+        # dir; mounted after the work dir it would hide it.
+        binds.sort(key=lambda b: len([p for p in b[0].split("/") if p]))
+        for target, host, writable in binds:
+            where, parent_writable = _lookup(target, view)
+            if not parent_writable and (where is None or not os.path.lexists(where)):
+                # bwrap would fail with "Can't mkdir ... Read-only file system" and exit 1 like a job would.
+                raise BackendError(f"job {spec.name}: cannot mount {host} at {target}: not on the read-only root")
+            args += ["--bind" if writable else "--ro-bind", host, target]
+            view.append((target, host, writable))
+        args.append("--unshare-all")
+        if spec.network == "host":
+            args.append("--share-net")
+        args += ["--die-with-parent", "--new-session", "--chdir", spec.workdir]
+        return args, view
+
+    def _spawn(self, spec: ContainerSpec, io: JobIO, argv: list[str], env: dict[str, str], std: _Std) -> RunResult:
+        out, err = std
+        info_r, info_w = os.pipe() if self.bwrap else (-1, -1)
+        if self.bwrap:
+            argv[1:1] = ["--info-fd", str(info_w)]  # bwrap reports the sandbox's pid (= its session) there
+        started = time.time()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=spec.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,  # the files' own descriptors: output lands while the job runs, nothing is copied
+                stderr=err,
+                start_new_session=True,  # one process group to signal; the worker's signals don't reach it
+                pass_fds=(info_w,) if self.bwrap else (),
+            )
+        except OSError as e:
+            if self.bwrap or e.filename == spec.workdir:
+                raise BackendError(f"job {spec.name}: cannot start {argv[0]}: {e.strerror or e}") from e
+            return _unable_to_exec(spec.argv[0], e.strerror or str(e), err)
+        finally:
+            if info_w >= 0:
+                os.close(info_w)
+        sandbox_pgid = _read_child_pid(info_r) if info_r >= 0 else None
+        job = _Job(proc, sandbox_pgid)
+        try:
+            io.on_start(proc.pid, None)
+        except BaseException:
+            job.signal(signal.SIGKILL)
+            proc.wait()
+            raise
+        # A daemon thread waits for cancel; it ends by itself within a tick of the job's exit (no join needed:
+        # once finished is set it can no longer signal anything).
+        threading.Thread(target=_watch_cancel, args=(job, io.cancel, spec.stop_grace), daemon=True).start()
+        try:
+            # Wait without reaping (WNOWAIT): while the zombie exists its pid/pgid cannot be reused, so the
+            # cancel thread never signals a stranger. Reap only after marking the job finished under the lock.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # reaped elsewhere (SIGCHLD ignored); proc.wait() below copes
+        except BaseException:
+            job.signal(signal.SIGKILL)  # the worker itself is being interrupted: leave no orphan job behind
+            raise
+        finally:
+            job.mark_finished()
+            returncode = proc.wait()
+        if self.bwrap and sandbox_pgid is None:
+            raise BackendError(
+                f"job {spec.name}: bubblewrap failed to create the sandbox (exit {returncode}): {io.stderr}"
+            )
+        return RunResult(exit_code=_exit_code(returncode), pid=proc.pid, started=started, ended=time.time())
+
+
+def _read_child_pid(fd: int) -> int | None:
+    # bwrap writes this JSON right after clone() and closes the fd, so EOF comes at once, not at job end.
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # bwrap failed before creating the sandbox
+
+
+def _exec_problem(cmd: str, env: Mapping[str, str], workdir: str, view: _View) -> str | None:
+    """Why ``cmd`` could not be exec'ed inside the sandbox, or None. Checked up front because bwrap's own
+    execvp failure is an exit 1 indistinguishable from the job's."""
+    dirs = ["."] if "/" in cmd else env.get("PATH", _DEFAULT_PATH).split(":")
+    reason = "No such file or directory"
+    for d in dirs:
+        path = posixpath.normpath(posixpath.join(workdir, d or ".", cmd))
+        host, _ = _lookup(path, view)
+        if host is None or not os.path.exists(host):
+            continue
+        if os.path.isdir(host) or not os.access(host, os.X_OK):
+            reason = "Permission denied"
+            continue
+        return None
+    return reason
+
+
+def _unable_to_exec(cmd: str, reason: str, err: BinaryIO) -> RunResult:
+    # HySDS's MonitoredRunner fails the job (not the worker) with this line in _stderr.txt; 127 is what a
+    # shell reports for a command it cannot run.
+    err.write(f'Unable to exec "{cmd}": {reason}\n'.encode())
+    err.flush()
+    now = time.time()
+    return RunResult(exit_code=127, pid=0, started=now, ended=now)
