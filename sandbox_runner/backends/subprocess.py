@@ -77,9 +77,9 @@ def _lookup(path: str, view: _View) -> tuple[str | None, bool]:
 class _Job:
     """The running process and the lock that keeps signals from reaching a reaped (reusable) pid."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sandbox_pgid: int | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sandbox_pid: int | None) -> None:
         self.proc = proc
-        self.sandbox_pgid = sandbox_pgid
+        self.sandbox_pid = sandbox_pid  # bwrap's init: pid 1 of the sandbox, leader of its session
         self.lock = threading.Lock()
         self.finished = threading.Event()
 
@@ -87,19 +87,18 @@ class _Job:
         with self.lock:
             if self.finished.is_set():
                 return
-            # Under bwrap the job runs in the sandbox's own session (--new-session) led by bwrap's init:
-            # SIGTERM goes there so the job can clean up (the init has no handler, only the job sees it).
-            # Signalling the outer bwrap SIGKILLs all via --die-with-parent: right only while the command
-            # is not forked yet (a SIGTERM to the sandbox group would be lost then). SIGKILL hits both.
-            if sig == signal.SIGKILL:
-                groups = [g for g in (self.sandbox_pgid, self.proc.pid) if g]
-            elif self.sandbox_pgid is not None and _has_other_members(self.sandbox_pgid):
-                groups = [self.sandbox_pgid]
-            else:
-                groups = [self.proc.pid]
-            for pgid in groups:
-                with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-                    os.killpg(pgid, sig)
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+                if self.sandbox_pid is None:  # plain mode (or bwrap failed before making a sandbox)
+                    os.killpg(self.proc.pid, sig)
+                elif sig != signal.SIGKILL and _has_other_members(self.sandbox_pid):
+                    # The job runs in the sandbox's session (--new-session), led by bwrap's init; the init has
+                    # no handler, so only the job sees the SIGTERM and can clean up.
+                    os.killpg(self.sandbox_pid, sig)
+                else:
+                    # SIGKILL, or a stop before the command even exists: kill the sandbox's pid 1 and the
+                    # kernel kills its whole pid namespace. Never the outer bwrap: when it dies before the
+                    # sandbox has armed --die-with-parent, the sandbox lives on (seen under load in testing).
+                    os.kill(self.sandbox_pid, signal.SIGKILL)
 
     def mark_finished(self) -> None:
         with self.lock:
@@ -208,8 +207,8 @@ class SubprocessBackend:
         finally:
             if info_w >= 0:
                 os.close(info_w)
-        sandbox_pgid = _read_child_pid(info_r) if info_r >= 0 else None
-        job = _Job(proc, sandbox_pgid)
+        sandbox_pid = _read_child_pid(info_r) if info_r >= 0 else None
+        job = _Job(proc, sandbox_pid)
         try:
             io.on_start(proc.pid, None)
         except BaseException:
@@ -231,7 +230,7 @@ class SubprocessBackend:
         finally:
             job.mark_finished()
             returncode = proc.wait()
-        if self.bwrap and sandbox_pgid is None:
+        if self.bwrap and sandbox_pid is None:
             raise BackendError(
                 f"job {spec.name}: bubblewrap failed to create the sandbox (exit {returncode}): {io.stderr}"
             )
