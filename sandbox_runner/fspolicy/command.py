@@ -50,4 +50,8 @@ def scrub(args: argparse.Namespace, settings: Settings) -> int:
           f"({format_size(sizes.get('quarantine', 0))}), {counts.get('purge', 0)} purged, "
           f"{counts.get('evict', 0)} cache entr(ies) evicted; {format_size(space.free)} of "
           f"{format_size(space.capacity)} free now (policy: {policy.source})")
-    return EXIT_FAILED if report.errors else EXIT_OK
+    short_b, short_i = report.short
+    if short_b or short_i:
+        lacking = " and ".join(x for x in (short_b and format_size(short_b), short_i and f"{short_i} inodes") if x)
+        print(f"the policy's free-space threshold is still {lacking} short: nothing more may be scrubbed")
+    return EXIT_FAILED if report.errors or short_b or short_i else EXIT_OK

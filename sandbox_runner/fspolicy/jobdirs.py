@@ -12,6 +12,8 @@ writing into the dir.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import enum
 import errno
 import fcntl
@@ -112,6 +114,8 @@ def last_activity(path: str) -> float:
         newest = os.lstat(path).st_mtime
         with os.scandir(path) as it:
             for entry in it:
+                if entry.name == CRASHED_NOTE:
+                    continue  # our own note is not a sign of life
                 try:
                     newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
                 except OSError:
@@ -158,12 +162,16 @@ def classify(path: str) -> JobDir:
 def note_crashed(path: str) -> bool:
     """Leave the once-only note that this crash was reported. False if it cannot be written (full disk)."""
     try:
+        before = os.lstat(path)
         fd = os.open(os.path.join(path, CRASHED_NOTE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         return True
     except OSError:
         return False
     os.close(fd)
+    # adding the note bumped the dir's mtime; put it back, or the note itself would restart the grace period
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
     return True
 
 
@@ -199,3 +207,33 @@ def measure(path: str) -> tuple[int, int]:
                 total += est.st_blocks * 512
                 inodes += 1
     return total, inodes
+
+
+def _span_end(parts: list[str]) -> float:
+    """End (epoch seconds) of the time span a YYYY[/MM[/DD[/HH[/MI]]]] prefix names."""
+    n = [int(p) for p in parts] + [1, 1, 0, 0][len(parts) - 1:]
+    y, mo, d, h, mi = n[:5]
+    if len(parts) == 1:
+        return calendar.timegm((y + 1, 1, 1, 0, 0, 0))
+    if len(parts) == 2:
+        return calendar.timegm((y + mo // 12, mo % 12 + 1, 1, 0, 0, 0))
+    start = calendar.timegm((y, mo, d, h, mi, 0))
+    return start + {3: 86400, 4: 3600, 5: 60}[len(parts)]
+
+
+def prune_empty_parents(job_path: str, jobs_root: str, now: float, settle: float = 600.0) -> None:
+    """Remove the time dirs a scrubbed job leaves empty, but only spans that ended ``settle`` seconds ago.
+
+    ``WorkDir.create`` makes the current minute's dirs and then the job dir in two steps; removing a dir whose
+    span is still current could pull it away in between.
+    """
+    parent = os.path.dirname(job_path)
+    parts = os.path.relpath(parent, jobs_root).split(os.sep)
+    while parts and len(parts) <= len(_TIME_LEVELS) and all(p.isdigit() for p in parts):
+        if _span_end(parts) > now - settle:
+            return
+        try:
+            os.rmdir(parent)
+        except OSError:
+            return  # not empty (or gone): the levels above are not empty either
+        parent, parts = os.path.dirname(parent), parts[:-1]

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox_runner.fspolicy import quarantine as q
 from sandbox_runner.fspolicy.cache import EvictableCache, lru_order, open_cache
-from sandbox_runner.fspolicy.jobdirs import JobDir, State, classify, iter_job_paths, measure, note_crashed
+from sandbox_runner.fspolicy.jobdirs import (
+    JobDir,
+    State,
+    classify,
+    iter_job_paths,
+    measure,
+    note_crashed,
+    prune_empty_parents,
+)
 from sandbox_runner.fspolicy.policy import JOB_RUNGS, FsPolicy
 
 if TYPE_CHECKING:
@@ -58,6 +66,8 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     errors: int = 0
+    #: bytes and inodes the last ladder could not free (0, 0: its target holds)
+    short: tuple[int, int] = (0, 0)
 
     def add(self, action: Action) -> None:
         self.counts[action.kind] = self.counts.get(action.kind, 0) + 1
@@ -137,7 +147,8 @@ class Scrubber:
                     if self.shortfall(want_bytes, want_inodes) == (0, 0):
                         break
                     self.evict(key, used, "cache")
-        return self.shortfall(want_bytes, want_inodes) == (0, 0)
+        self.report.short = self.shortfall(want_bytes, want_inodes)
+        return self.report.short == (0, 0)
 
     def candidates(self, rung: str) -> Iterator[JobDir]:
         """Job dirs this rung may quarantine, oldest first; reports crashed jobs it passes on the way."""
@@ -173,10 +184,12 @@ class Scrubber:
         dest = q.move_in(qdir, job.path, name) if qdir else None
         if dest is not None:
             self._act(Action("quarantine", dest, size, inodes, reason), job.job_id, origin=job.path)
-            return size, inodes
-        if os.path.lexists(job.path):  # no atomic rename possible here (EXDEV, no room for an entry)
+        elif os.path.lexists(job.path):  # no atomic rename possible here (EXDEV, no room for an entry)
             self._purge(q.Entry(job.job_id, job.path, size, inodes, 0.0), reason)
-        return 0, 0
+            size = inodes = 0
+        # empty time dirs cost an inode each, and a full-inode disk is what we may be fixing
+        prune_empty_parents(job.path, os.path.join(self.root, "jobs"), self.clock())
+        return size, inodes
 
     # -- housekeeping (periodic and manual scrubs) -------------------------------------------------------------
     def housekeeping(self) -> None:
