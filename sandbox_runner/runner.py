@@ -56,7 +56,7 @@ def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
     if settings.backend == "subprocess" or spec.image is None:
         from sandbox_runner.backends.subprocess import SubprocessBackend
 
-        return SubprocessBackend()
+        return SubprocessBackend(env=settings.env)
     from sandbox_runner.backends.podman import PodmanBackend
 
     return PodmanBackend(settings.podman_socket, worker=settings.worker_name)
@@ -86,7 +86,7 @@ class JobRunner:
         self.settings = settings
         self.emitter = emitter
         self.steps: list[Step] = list(steps) if steps is not None else [
-            ResolveJob(), AdmitDisk(), CreateWorkDir(), AnnounceStart(), BuildContainer(backend_for),
+            ResolveJob(), AdmitDisk(), CreateWorkDir(), BuildContainer(backend_for), AnnounceStart(),
             PreProcess(), RunCommand(), PostProcess(),
         ]
         self._current: JobContext | None = None

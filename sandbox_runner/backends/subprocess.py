@@ -164,20 +164,19 @@ class SubprocessBackend:
             return self._spawn(spec, io, [self.bwrap, *args, "--", *spec.argv], env, (out, err))
 
     def _bwrap_args(self, spec: ContainerSpec) -> tuple[list[str], _View]:
-        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        view: _View = [("/", "/", False), ("/dev", None, True), ("/proc", None, False), ("/tmp", None, True)]
         binds = [(spec.workdir, spec.workdir, True)] + [(m.container, m.host, m.mode == "rw") for m in spec.mounts]
+        args = _root_args([target for target, _, _ in binds])
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+        view: _View = [("/", "/", False), ("/dev", None, True), ("/proc", None, False), ("/tmp", None, True),
+                       ("/run", None, True)]
         # Parents before children (as docker orders mounts): HySDS mounts <root>/jobs, which contains the work
         # dir; mounted after the work dir it would hide it.
         binds.sort(key=lambda b: len([p for p in b[0].split("/") if p]))
         for target, host, writable in binds:
-            where, parent_writable = _lookup(target, view)
-            if not parent_writable and (where is None or not os.path.lexists(where)):
-                # bwrap would fail with "Can't mkdir ... Read-only file system" and exit 1 like a job would.
-                raise BackendError(f"job {spec.name}: cannot mount {host} at {target}: not on the read-only root")
             args += ["--bind" if writable else "--ro-bind", host, target]
             view.append((target, host, writable))
-        args.append("--unshare-all")
+        # the root was assembled on a tmpfs so mount points could be made; now it becomes read-only
+        args += ["--remount-ro", "/", "--unshare-all"]
         if spec.network == "host":
             args.append("--share-net")
         args += ["--die-with-parent", "--new-session", "--chdir", spec.workdir]
@@ -235,6 +234,52 @@ class SubprocessBackend:
                 f"job {spec.name}: bubblewrap failed to create the sandbox (exit {returncode}): {io.stderr}"
             )
         return RunResult(exit_code=_exit_code(returncode), pid=proc.pid, started=started, ended=time.time())
+
+
+#: Top-level host paths the sandbox gets its own instance of instead of the host's (``/run`` holds the
+#: engine sockets: a job must never reach them).
+_PRIVATE_TOP = frozenset({"/dev", "/proc", "/tmp", "/run"})
+
+
+def _root_args(targets: list[str]) -> list[str]:
+    """bwrap arguments for a read-only view of the host root in which every mount target can be created.
+
+    ``--ro-bind / /`` cannot host a mount at ``/data/in`` or ``/home/ops/.netrc`` when those don't exist on
+    the host (bwrap cannot mkdir on a read-only bind). So the root is a tmpfs, and the host's entries are bound
+    into it one by one; a directory on the way to a missing target is "exploded" the same way, one level
+    down, so the missing part can be made in tmpfs while everything else the host has stays visible.
+    """
+    explode = {"/"}
+    for target in targets:
+        if os.path.lexists(target) or any(_is_under(target, p) for p in _PRIVATE_TOP):
+            continue
+        ancestor = posixpath.dirname(target)
+        while not os.path.isdir(ancestor) or os.path.islink(ancestor):
+            ancestor = posixpath.dirname(ancestor)
+        while ancestor != "/":
+            explode.add(ancestor)
+            ancestor = posixpath.dirname(ancestor)
+    args: list[str] = []
+
+    def emit(directory: str) -> None:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            raise BackendError(f"cannot prepare sandbox root: {directory}: {exc.strerror}") from None
+        args.extend(["--dir", directory])
+        for name in names:
+            path = posixpath.join(directory, name)
+            if path in _PRIVATE_TOP:
+                continue
+            if path in explode:
+                emit(path)
+            elif os.path.islink(path):
+                args.extend(["--symlink", os.readlink(path), path])
+            else:
+                args.extend(["--ro-bind", path, path])
+
+    emit("/")
+    return args[2:]  # "/" itself needs no --dir
 
 
 def _read_child_pid(fd: int) -> int | None:
