@@ -265,10 +265,21 @@ def test_bwrap_mount_over_a_parent_of_the_work_dir(bwrap_backend: SubprocessBack
     assert result.exit_code == 0 and (job_dir / "f").read_text() == "ok\n"
 
 
-def test_bwrap_mount_target_not_creatable(bwrap_backend: SubprocessBackend, job_dir: Path) -> None:
-    mounts = (Mount(host=str(job_dir), container="/sr-no-such-dir/x", mode="ro"),)
-    with pytest.raises(BackendError, match="/sr-no-such-dir/x"):
-        bwrap_backend.run(spec(job_dir, "true", mounts=mounts), JobIO(job_dir / "o", job_dir / "e"))
+def test_bwrap_mount_target_missing_on_host_is_created(bwrap_backend: SubprocessBackend, job_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """HySDS jobs mount at paths the host lacks (/home/ops/.netrc, /data/in); the rest of the root stays."""
+    src = tmp_path / "anc"
+    src.mkdir()
+    (src / "f.txt").write_text("ancillary\n")
+    mounts = (Mount(host=str(src), container="/sr-no-such-dir/x", mode="ro"),
+              Mount(host=str(src), container="/home/sr-no-such-user/in", mode="ro"))
+    script = ("cat /sr-no-such-dir/x/f.txt /home/sr-no-such-user/in/f.txt > out.txt; test -x /usr/bin/env && "
+              "echo usr-visible >> out.txt; touch /sr-no-such-dir/y 2>/dev/null || echo root-ro >> out.txt; "
+              "ls /run >> out.txt")
+    io = JobIO(job_dir / "o", job_dir / "e")
+    result = bwrap_backend.run(spec(job_dir, "sh", "-c", script, mounts=mounts), io)
+    assert result.exit_code == 0, io.stderr.read_text()
+    assert (job_dir / "out.txt").read_text() == "ancillary\nancillary\nusr-visible\nroot-ro\n"
 
 
 # --- as the unprivileged worker user (the point of bwrap: rootless nodes) -----------------------------------
