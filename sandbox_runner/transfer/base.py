@@ -1,0 +1,106 @@
+"""What every transport shares: the facts about a remote object, a fetch's result, the write-and-hash sink, backoff.
+
+A transport fetches one URL to one local path (a file, or a directory for ``file://`` dirs and S3 prefixes),
+computing the asked-for digests on the bytes as they arrive, and retrying transient failures itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sandbox_runner.errors import TransferError
+from sandbox_runner.transfer.digests import Digests
+
+#: called with a byte count as bytes arrive (the progress display); must be cheap and thread-safe
+OnBytes = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    """What a ``HEAD`` (or ``stat``) says: enough to tell whether a cached copy is still the same object."""
+
+    size: int | None = None
+    etag: str | None = None
+    modified: str | None = None
+    is_dir: bool = False
+
+    def same_as(self, other: RemoteInfo) -> bool:
+        """False only when a validator both sides know differs (unknown is not a mismatch)."""
+        pairs = ((self.size, other.size), (self.etag, other.etag), (self.modified, other.modified))
+        return all(a is None or b is None or a == b for a, b in pairs)
+
+
+@dataclass
+class FetchResult:
+    size: int
+    #: algo -> hex digest, computed on the bytes as they streamed in (empty for directories)
+    digests: dict[str, str] = field(default_factory=dict)
+    info: RemoteInfo = field(default_factory=RemoteInfo)
+
+
+class Transport(Protocol):
+    def stat(self, url: str) -> RemoteInfo | None:
+        """Facts about ``url``; None when it does not exist. Raises TransferError when it cannot tell."""
+        ...
+
+    def fetch(self, url: str, dest: Path, *, algos: Iterable[str] = (), expected: dict[str, str] | None = None,
+              on_bytes: OnBytes | None = None, cancel: threading.Event | None = None) -> FetchResult:
+        """Download ``url`` to ``dest`` (which must not exist); digests of ``algos`` computed on the way."""
+        ...
+
+
+class Cancelled(TransferError):
+    """The job is being stopped (or a sibling download failed): not worth a retry."""
+
+
+class FileSink:
+    """Bytes to a file and through the digests in one pass; ``truncate`` restarts (a server ignored ``Range``)."""
+
+    def __init__(self, path: Path, algos: Iterable[str]) -> None:
+        self.path = path
+        self.algos = tuple(algos)
+        self.digests = Digests(self.algos)
+        self.size = 0
+        # unbuffered: chunks are already large, and a Python-level buffer would only add a copy
+        self._fh = open(path, "xb", buffering=0)  # noqa: SIM115 - closed in close()
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        self.digests.update(view)
+        while view:
+            n = self._fh.write(view)
+            view = view[n:]
+        self.size += len(chunk)
+
+    def truncate(self) -> None:
+        self._fh.seek(0)
+        self._fh.truncate()
+        self.digests = Digests(self.algos)
+        self.size = 0
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def backoff_delay(attempt: int, base: float, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter: concurrent jobs hitting one sick server do not retry in step."""
+    return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def wait_or_cancel(seconds: float, cancel: threading.Event | None) -> None:
+    if cancel is None:
+        threading.Event().wait(seconds)
+    elif cancel.wait(seconds):
+        raise Cancelled("transfer cancelled")
