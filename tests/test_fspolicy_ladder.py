@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fsjobs import PAGE, fill, free_bytes, make_job_dir, tmpfs
 
+from sandbox_runner.cache import url_key
 from sandbox_runner.errors import DiskSpaceError
 from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.fspolicy import FsPolicy, admit, scrub_once
@@ -140,6 +141,13 @@ def test_symlinks_out_of_the_root_are_not_followed(fs: Path, tmp_path: Path, loc
     (fs / "jobs" / "2024").symlink_to(outside / "jobs" / "2025")
     # the quarantine itself pointing out of the root must not receive anything
     (fs / "quarantine").symlink_to(outside / "tree", target_is_directory=True)
+    # nor may a symlinked cache be evicted from
+    key = url_key("https://example.com/x")
+    foreign = outside.joinpath("cache", *key[:4], key)
+    foreign.mkdir(parents=True)
+    fill(foreign / "x", PAGE)
+    (foreign / ".localized").touch()
+    (fs / "cache").symlink_to(outside / "cache", target_is_directory=True)
     before = sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
     scrubber = Scrubber(fs, POLICY)
     assert not scrubber.ladder(10**12, 0)  # scrub everything it may: it cannot reach a terabyte
@@ -153,7 +161,8 @@ def test_cache_is_evicted_least_recently_used_first(fs: Path) -> None:
     now = time.time()
     entries = {}
     for name, used in (("new", now - 60), ("old", now - 3 * 86400), ("mid", now - 86400)):
-        entry = fs / "cache" / "a" / "b" / "c" / "d" / name
+        key = url_key(f"https://example.com/{name}.h5")
+        entry = fs.joinpath("cache", *key[:4], key)  # the localizer's (and HySDS's) layout
         entry.mkdir(parents=True)
         fill(entry / "input.h5", 2 * MiB)
         (entry / ".localized").touch()
@@ -161,7 +170,7 @@ def test_cache_is_evicted_least_recently_used_first(fs: Path) -> None:
         entries[name] = entry
     sink = MemorySink()
     admit(fs, POLICY, need_bytes=_need_to_free(fs, 3 * MiB), job_id="new", emitter=Emitter(sink, hostname="h"))
-    assert [Path(e["path"]).name for e in _events(sink, "evicted")] == ["old", "mid"]
+    assert [e["path"] for e in _events(sink, "evicted")] == [str(entries["old"]), str(entries["mid"])]
     assert entries["new"].exists() and not entries["old"].exists() and not entries["mid"].exists()
 
 

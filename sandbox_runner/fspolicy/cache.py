@@ -1,8 +1,8 @@
 """The localize cache as the scrubber sees it: entries with a last use, evicted least-recently-used first.
 
-The cache itself belongs to the localizer (``<root>/cache/``); the scrubber only needs :class:`EvictableCache`.
-:class:`MarkerCache` reads HySDS's layout (a dir holding a ``.localized`` marker whose mtime is the last use) and
-is what runs until the localizer ships its own implementation of the protocol.
+The cache itself belongs to the localizer (``<root>/cache/``, :mod:`sandbox_runner.cache`): it knows which
+entries a job holds or has linked, so eviction goes through its ``evict``. The scrubber only needs
+:class:`EvictableCache`: entries with a last use (``.localized``'s mtime), evict one, total size.
 
 HySDS evicts the *newest* entries first (it reverses its sort). Here :func:`lru_order` yields the oldest first,
 in bounded batches, so eviction order is right and memory does not grow with the number of entries.
@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import heapq
 import os
-import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Protocol
 
-from sandbox_runner.fspolicy.jobdirs import measure
-from sandbox_runner.fspolicy.quarantine import purge
-
 CACHE = "cache"
-MARKER = ".localized"
 BATCH = 256
 
 
@@ -51,54 +47,24 @@ def lru_order(cache: EvictableCache, batch: int = BATCH,
         after = chosen[-1]
 
 
-class MarkerCache:
-    """HySDS layout: ``<root>/cache/<h0>/<h1>/<h2>/<h3>/<md5(url)>/`` with a ``.localized`` marker.
-
-    Symlinks are never followed; top-level files (image tarballs being loaded, their locks) are not entries.
-    """
-
-    def __init__(self, root: str) -> None:
-        self.dir = os.path.join(root, CACHE)
-
-    def _walk(self, path: str, depth: int) -> Iterator[tuple[str, float]]:
-        try:
-            marker = os.lstat(os.path.join(path, MARKER))
-        except OSError:
-            marker = None
-        if marker is not None and depth > 0:
-            yield path, marker.st_mtime
-            return
-        if depth > 8:  # HySDS nests 5 deep; anything deeper is not a cache entry
-            return
-        try:
-            with os.scandir(path) as it:
-                subdirs = [e.name for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
-        except OSError:
-            return
-        for name in sorted(subdirs):
-            yield from self._walk(os.path.join(path, name), depth + 1)
+class _NoCache:
+    """Stands in for a ``<root>/cache`` that is a symlink: it points out of the root, so it is not ours to evict."""
 
     def entries(self) -> Iterator[tuple[str, float]]:
-        if os.path.islink(self.dir) or not os.path.isdir(self.dir):
-            return
-        yield from self._walk(self.dir, 0)
+        return iter(())
 
     def evict(self, key: str) -> int:
-        if not key.startswith(self.dir + os.sep):
-            return 0
-        size, _ = measure(key)
-        # rename first: a localizer looking the entry up sees it whole or not at all, never half-deleted
-        doomed = os.path.join(self.dir, f".evict-{time.time_ns()}-{os.path.basename(key)}")
-        try:
-            os.rename(key, doomed)
-        except OSError:
-            return 0
-        return 0 if purge(doomed) is not None else size
+        return 0
 
     def size(self) -> int:
-        return sum(measure(key)[0] for key, _ in self.entries())
+        return 0
 
 
 def open_cache(root: str) -> EvictableCache:
-    """The cache under ``root``: the localizer's own, once it provides the protocol; else the HySDS layout."""
-    return MarkerCache(root)
+    """The localizer's cache under ``root`` (:class:`sandbox_runner.cache.Cache` implements the protocol)."""
+    from sandbox_runner.cache import Cache
+
+    cache_dir = os.path.join(root, CACHE)
+    if os.path.islink(cache_dir):
+        return _NoCache()
+    return Cache(Path(cache_dir))

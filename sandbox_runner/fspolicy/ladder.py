@@ -226,8 +226,11 @@ class Scrubber:
             self._simulated = self._simulated[0] + size, self._simulated[1]
             self._act(Action("evict", key, size, 0, reason))
             return size
-        freed = self.cache.evict(key)
-        self._act(Action("evict", key, freed, 0, reason, None if freed else "in use or already gone"))
+        try:
+            freed, error = self.cache.evict(key), None
+        except OSError as exc:  # e.g. no inode left for the cache's lock file: skip the entry, keep scrubbing
+            freed, error = 0, f"{exc.strerror}: {exc.filename}"
+        self._act(Action("evict", key, freed, 0, reason, error or (None if freed else "in use or already gone")))
         return freed
 
     def _purge(self, entry: q.Entry, reason: str) -> None:
