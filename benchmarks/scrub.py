@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sandbox_runner.fspolicy import FsPolicy  # noqa: E402
-from sandbox_runner.fspolicy.ladder import Action, Scrubber  # noqa: E402
+from sandbox_runner.fspolicy.ladder import Scrubber  # noqa: E402
+from sandbox_runner.fspolicy.report import Action  # noqa: E402
 from sandbox_runner.workdir import job_dir_path  # noqa: E402
 
 T0 = 1735689600.0  # 2025-01-01T00:00Z

@@ -10,9 +10,10 @@
 """
 
 from sandbox_runner.fspolicy.admission import Reservation, admit
-from sandbox_runner.fspolicy.ladder import Action, Report, Scrubber
+from sandbox_runner.fspolicy.ladder import Scrubber
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber, scrub_once
 from sandbox_runner.fspolicy.policy import FsPolicy, load_fs_policy
+from sandbox_runner.fspolicy.report import Action, Report
 
 __all__ = ["Action", "FsPolicy", "PeriodicScrubber", "Report", "Reservation", "Scrubber", "admit",
            "load_fs_policy", "scrub_once"]

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import DiskSpaceError
-from sandbox_runner.fspolicy.ladder import EVENT_TYPE, Scrubber, Space
+from sandbox_runner.fspolicy.ladder import EVENT_TYPE, Scrubber
 from sandbox_runner.fspolicy.policy import FsPolicy
+from sandbox_runner.fspolicy.report import Space
 from sandbox_runner.units import format_size
 
 if TYPE_CHECKING:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from sandbox_runner.fspolicy.ladder import Action, Space
 from sandbox_runner.fspolicy.periodic import scrub_once
 from sandbox_runner.fspolicy.policy import load_fs_policy
+from sandbox_runner.fspolicy.report import Action, Space
 from sandbox_runner.settings import Settings
 from sandbox_runner.units import format_size
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,52 +30,12 @@ from sandbox_runner.fspolicy.jobdirs import (
     prune_empty_parents,
 )
 from sandbox_runner.fspolicy.policy import JOB_RUNGS, FsPolicy
+from sandbox_runner.fspolicy.report import Action, Report, Space
 
 if TYPE_CHECKING:
     from sandbox_runner.events.emitter import Emitter
 
 EVENT_TYPE = "filesystem"
-
-
-@dataclass(frozen=True)
-class Space:
-    capacity: int
-    free: int
-    files: int  # 0 on filesystems without an inode count: inode thresholds do not apply
-    ffree: int
-
-    @classmethod
-    def of(cls, path: str) -> Space:
-        st = os.statvfs(path)
-        return cls(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, st.f_files, st.f_favail)
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: str  # quarantine | purge | evict
-    path: str
-    bytes: int
-    inodes: int
-    reason: str  # succeeded | failed | crashed | quarantine | ttl | cache | cache-cap
-    error: str | None = None
-
-
-@dataclass
-class Report:
-    counts: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, int] = field(default_factory=dict)
-    errors: int = 0
-    #: bytes and inodes the last ladder could not free (0, 0: its target holds)
-    short: tuple[int, int] = (0, 0)
-
-    def add(self, action: Action) -> None:
-        self.counts[action.kind] = self.counts.get(action.kind, 0) + 1
-        self.bytes[action.kind] = self.bytes.get(action.kind, 0) + (0 if action.error else action.bytes)
-        self.errors += action.error is not None
-
-    @property
-    def freed(self) -> int:
-        return self.bytes.get("purge", 0) + self.bytes.get("evict", 0)
 
 
 class Scrubber:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox_runner.fspolicy.admission import live_reservations, root_lock
-from sandbox_runner.fspolicy.ladder import Action, Report, Scrubber, Space
+from sandbox_runner.fspolicy.ladder import Scrubber
 from sandbox_runner.fspolicy.policy import FsPolicy
+from sandbox_runner.fspolicy.report import Action, Report, Space
 
 if TYPE_CHECKING:
     from sandbox_runner.events.emitter import Emitter

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from sandbox_runner.errors import ConfigError
 from sandbox_runner.fspolicy import Reservation, admit, load_fs_policy
-from sandbox_runner.fspolicy.ladder import Space
+from sandbox_runner.fspolicy.report import Space
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.steps.prepare import disk_need
 
