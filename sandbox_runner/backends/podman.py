@@ -1,0 +1,254 @@
+"""PodmanBackend: one job = one rootless container, driven through the user's Podman API service.
+
+A run is six API calls plus one stream: ``create`` (everything in one body, see :mod:`.podman_spec`) ->
+``attach`` (a hijacked stream, opened *before* start so no output is lost; podman initialises the container
+here, so its process and host pid exist) -> ``inspect`` (that pid for ``io.on_start``, the image id) -> ``start``
+-> exit code -> ``DELETE ?force``. The attach stream is podman's multiplexed format (8-byte header: stream id,
+length); a thread copies each frame's payload, and nothing else, into the stdout/stderr file as it arrives, so
+the files are byte-exact and grow while the job runs. The stream ends when the job exits; the same thread then
+reads the exit code with ``inspect`` (``wait`` is ~0.1 s slower here, see :meth:`_Follower._exited_code`).
+
+Why the containers are not created with ``remove: true``: podman then deletes a short job before we can ask for
+its exit code (measured: ``wait`` answers 404). The container is removed explicitly, on every path.
+
+keep-id and uid/gid: with ``--userns=keep-id`` the worker's uid/gid are the same numbers inside, so files the job
+writes in its job dir belong to the worker on the host. ``spec.uid``/``gid`` are honoured *without* losing that:
+the worker's ids are mapped onto the requested ones (``keep-id:uid=U,gid=G``), and uid 0 runs in the default
+rootless namespace, where container root is the worker. See :func:`.podman_spec.userns_and_user`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
+from sandbox_runner.backends.images import ensure_image
+from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnreachable, socket_path
+from sandbox_runner.backends.podman_service import default_socket_url, start_service
+from sandbox_runner.backends.podman_spec import build_create_body
+from sandbox_runner.errors import BackendError, SandboxRunnerError
+
+__all__ = ["PodmanBackend", "default_socket_url"]
+
+log = structlog.get_logger("sandbox_runner.podman")
+
+WORKER_LABEL = "sandbox_runner.worker"
+JOB_LABEL = "sandbox_runner.job_id"
+#: how often the main thread looks at ``io.cancel`` while the job runs; it never delays a normal exit.
+CANCEL_TICK = 0.2
+#: podman's own messages for a command that cannot be executed, and the exit codes ``podman run`` gives them.
+_EXEC_FAILURES = {"command that was not found": 127, "OCI permission denied": 126}
+
+
+def _limits_unenforced() -> bool:
+    """Rootless podman on cgroups v1 (no unified hierarchy) accepts memory/cpu/pids limits and silently drops
+    them (measured here: memory.limit_in_bytes stays unlimited). A local check: the service runs on this host."""
+    return os.getuid() != 0 and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+class _Follower(threading.Thread):
+    """Copies the attach stream into the output files, then asks for the exit code (or the error)."""
+
+    def __init__(self, api: PodmanAPI, cid: str, stream: Any, out: IO[bytes], err: IO[bytes]) -> None:
+        super().__init__(name=f"podman-follow-{cid[:12]}", daemon=True)
+        self.api, self.cid, self.stream = api, cid, stream
+        self.files = {1: out, 2: err, 3: err}  # 3 = podman's own error stream
+        self.exit_code: int | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def _copy(self) -> bool:
+        read = self.stream.read
+        try:
+            while len(header := read(8)) == 8:
+                kind, size = struct.unpack(">BxxxL", header)
+                target = self.files.get(kind, self.files[2])
+                target.write(read(size))
+                target.flush()  # visible in the job dir while the job runs
+            return True
+        except (OSError, ValueError) as exc:  # connection broke, or a file closed under us
+            log.warning("podman-stream-broken", container=self.cid, error=str(exc))
+            return False
+        finally:
+            self.stream.close()
+
+    def _exited_code(self) -> int | None:
+        """The exit code by inspect, once conmon has recorded it (the stream may end a few ms earlier).
+
+        Why not ``wait`` right away: podman 4.3's wait answers only after conmon's exit-command cleanup has run,
+        ~60-190 ms after the job ended (measured, even with ``condition=stopped``), while inspect reports the
+        ``stopped`` state with its exit code ~10 ms after the stream ends. Bounded: ~75 ms, then ``wait``.
+        """
+        for delay in (0.0, 0.005, 0.01, 0.02, 0.04):
+            time.sleep(delay)
+            state = self.api.call("GET", f"/containers/{self.cid}/json", what="inspect").get("State") or {}
+            if state.get("Status") in ("stopped", "exited"):
+                return int(state["ExitCode"])
+        return None
+
+    def run(self) -> None:
+        try:
+            clean = self._copy()
+            # after a clean end the process is gone; a broken stream may mean it still runs: let podman wait
+            code = self._exited_code() if clean else None
+            if code is None:
+                params = {"interval": "10ms" if clean else "250ms"}
+                code = int(self.api.call("POST", f"/containers/{self.cid}/wait", params=params, timeout=None))
+            self.exit_code = code
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class PodmanBackend:
+    """Run a :class:`ContainerSpec` in a rootless podman container; see the module docstring for the flow."""
+
+    name = "podman"
+
+    def __init__(
+        self,
+        socket_url: str | None = None,
+        *,
+        worker: str = "",
+        start_service: bool = True,
+        image_cache: Path | None = None,
+        pull: bool = True,
+        service_runtime: str | None = "runc",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        # the edges pass socket_url (Settings.podman_socket); the environment is only a fallback for scripts
+        self.env = dict(os.environ if env is None else env)
+        self.socket_url = default_socket_url(self.env, os.getuid(), socket_url)
+        self.api = PodmanAPI(self.socket_url)
+        self.worker = worker
+        self.start_service = start_service
+        cache_home = Path(self.env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.image_cache = image_cache or cache_home / "sandbox_runner" / "images"
+        self.pull = pull
+        self.service_runtime = service_runtime
+        #: pid of the podman service this backend started (it keeps running for later jobs), else None
+        self.service_pid: int | None = None
+
+    # --- the contract -------------------------------------------------------------------------------------------
+    def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
+        labels = dict(spec.labels)
+        if self.worker:
+            labels.setdefault(WORKER_LABEL, self.worker)
+        sock = socket_path(self.socket_url)
+        body, notes = build_create_body(spec, labels=labels, sockets=[sock] if sock else [])
+        for note in notes:
+            log.info("runtime-option-ignored", container=spec.name, note=note)
+        if "resource_limits" in body and _limits_unenforced():
+            log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
+        cid = self._create(body, spec)
+        try:
+            return self._run(cid, spec, io)
+        finally:
+            self._remove(cid)
+
+    # --- steps ------------------------------------------------------------------------------------------------------
+    def _create(self, body: dict[str, Any], spec: ContainerSpec) -> str:
+        tried: set[str] = set()  # each remedy at most once
+        while True:
+            try:
+                return str(self.api.call("POST", "/containers/create", body=body, what="create")["Id"])
+            except ServiceUnreachable:
+                if "service" in tried or not self.start_service:
+                    raise
+                tried.add("service")
+                self.service_pid = start_service(self.api, env=self.env, runtime=self.service_runtime)
+            except APIError as exc:
+                if "image" not in tried and (exc.status == 404 or "image not known" in exc.message):
+                    tried.add("image")
+                    assert spec.image is not None  # build_create_body refused image-less specs
+                    ensure_image(self.api, spec.image, spec.image_url, self.image_cache, pull=self.pull)
+                elif "name" not in tried and "already in use" in exc.message and self._remove_stale(spec.name):
+                    tried.add("name")
+                else:
+                    raise BackendError(f"could not create the job's container: {exc.message}") from None
+
+    def _remove_stale(self, name: str) -> bool:
+        """A container left by a worker that died (same job name, not running) is removed; others are not."""
+        try:
+            info = self.api.call("GET", f"/containers/{name}/json")
+        except BackendError:
+            return False
+        if JOB_LABEL not in (info.get("Config", {}).get("Labels") or {}) or info.get("State", {}).get("Running"):
+            return False
+        log.warning("stale-container-removed", container=name, id=info.get("Id"))
+        self._remove(str(info["Id"]))
+        return True
+
+    def _run(self, cid: str, spec: ContainerSpec, io: JobIO) -> RunResult:
+        with open(io.stdout, "wb") as out, open(io.stderr, "wb") as err:
+            started = time.time()
+            try:
+                stream = self.api.open(
+                    "POST", f"/containers/{cid}/attach", params={"stream": True, "stdout": True, "stderr": True},
+                    timeout=None, what="attach",
+                )  # fmt: skip
+                follower = _Follower(self.api, cid, stream, out, err)
+                follower.start()
+                # attach has initialised the container: its process exists (waiting for start) and has its
+                # host pid now, which stays valid however fast the job then exits
+                info = self.api.call("GET", f"/containers/{cid}/json", what="inspect")
+                started = time.time()
+                self.api.call("POST", f"/containers/{cid}/start", what="start")
+            except APIError as exc:
+                code = next((c for text, c in _EXEC_FAILURES.items() if text in exc.message), None)
+                if code is None:
+                    raise BackendError(f"could not start the job's container: {exc.message}") from None
+                err.write(f"podman: {exc.message}\n".encode())
+                return RunResult(code, 0, started, time.time(), cid, None)
+            pid = int((info.get("State") or {}).get("Pid") or 0)
+            io.on_start(pid, cid)
+            self._follow(cid, spec, io, follower)
+            if follower.error is not None:
+                if isinstance(follower.error, SandboxRunnerError):
+                    raise follower.error
+                raise BackendError(f"lost track of the job's container: {follower.error}") from None
+            assert follower.exit_code is not None
+            return RunResult(follower.exit_code, pid, started, time.time(), cid, info.get("Image"))
+
+    def _follow(self, cid: str, spec: ContainerSpec, io: JobIO, follower: _Follower) -> None:
+        """Block until the job has exited; stop it if ``io.cancel`` gets set meanwhile."""
+        deadline: float | None = None
+        while True:
+            if deadline is None and io.cancel.is_set():  # checked first: a cancel may predate the start
+                grace = max(0, math.ceil(spec.stop_grace))  # the API takes whole seconds
+                deadline = time.monotonic() + grace + 30
+                self._stop(cid, grace)
+            elif deadline is not None and time.monotonic() > deadline:
+                raise BackendError(f"container {cid[:12]} did not exit after being stopped")
+            if follower.done.wait(CANCEL_TICK):
+                return
+
+    def _stop(self, cid: str, grace: int) -> None:
+        """The image's stop signal (SIGTERM by default, forwarded by the init), ``grace`` seconds, then SIGKILL."""
+        log.info("container-stopping", container=cid, grace=grace)
+        try:
+            self.api.call("POST", f"/containers/{cid}/stop", params={"timeout": grace}, timeout=grace + 30)
+        except APIError as exc:
+            if exc.status not in (304, 404):  # already stopped / gone: nothing to do
+                log.warning("container-stop-failed", container=cid, error=exc.message)
+        except BackendError as exc:
+            log.warning("container-stop-failed", container=cid, error=str(exc))
+
+    def _remove(self, cid: str) -> None:
+        try:
+            self.api.call("DELETE", f"/containers/{cid}", params={"force": True, "v": True}, what="remove")
+        except APIError as exc:
+            if exc.status != 404:
+                log.warning("container-not-removed", container=cid, error=exc.message)
+        except BackendError as exc:
+            log.warning("container-not-removed", container=cid, error=str(exc))
