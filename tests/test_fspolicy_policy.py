@@ -47,6 +47,7 @@ BAD = {
     "negative inodes": ('[free]\njob_inodes = -1\n', "free.job_inodes: -1 is not a non-negative integer"),
     "bad duration": ('[retention]\nfailed = "3 days"\n', "retention.failed: '3 days' is not a duration"),
     "negative duration": ('[retention]\nquarantine_ttl = -5\n', "retention.quarantine_ttl: -5 is not a non-neg"),
+    "short grace": ('[retention]\ncrashed_grace = "10s"\n', "retention.crashed_grace: must be at least 60s"),
     "zero interval": ('[scrub]\ninterval = "0s"\n', "scrub.interval: must be longer than 0s"),
     "bad size": ('[cache]\nmax_size = "lots"\n', "cache.max_size: invalid cache.max_size 'lots'"),
     "bad percent": ('[cache]\nmax_size = "x%"\n', "cache.max_size: 'x%' is not a percentage"),

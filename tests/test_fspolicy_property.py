@@ -17,10 +17,10 @@ from sandbox_runner.fspolicy.ladder import Scrubber
 STATES = ("succeeded", "failed", "running", "crashed", "bare")
 HOUR = 3600.0
 
-job_st = st.tuples(st.sampled_from(STATES), st.integers(0, 40), st.sampled_from([60.0, 2 * HOUR, 5 * 86400.0]))
+job_st = st.tuples(st.sampled_from(STATES), st.integers(0, 40), st.sampled_from([10.0, 90.0, 2 * HOUR, 5 * 86400.0]))
 policy_st = st.builds(FsPolicy, succeeded_retention=st.sampled_from([0.0, HOUR]),
                       failed_retention=st.sampled_from([0.0, 3 * 86400.0]),
-                      crashed_grace=st.sampled_from([0.0, HOUR]), quarantine_ttl=st.sampled_from([0.0, 86400.0]))
+                      crashed_grace=st.sampled_from([60.0, HOUR]), quarantine_ttl=st.sampled_from([0.0, 86400.0]))
 
 
 def _snapshot(path: Path) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sandbox_runner.fspolicy.periodic import scrub_once
 from sandbox_runner.fspolicy.policy import load_fs_policy
@@ -40,6 +41,9 @@ def scrub(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = scrub_once(root, policy, emitter, dry_run=args.dry_run,
                             on_action=lambda a: print(_line(a, args.dry_run), flush=True))
+    except OSError as exc:  # e.g. a root this user may not lock or list
+        print(f"sandbox-runner scrub: {root}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if emitter is not None:
             emitter.close()

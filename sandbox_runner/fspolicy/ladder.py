@@ -173,10 +173,12 @@ class Scrubber:
     def report_crashed(self, job: JobDir) -> None:
         if job.reported or self.dry_run:
             return
-        if note_crashed(job.path) and self.emitter is not None:
+        # without the note (a full disk) the event may repeat on the next scrub: better twice than never
+        noted = note_crashed(job.path)
+        if self.emitter is not None:
             self.emitter.event(EVENT_TYPE, "crashed-job", {
                 "root": self.root, "path": job.path, "job_id": job.job_id, "idle_seconds": self.clock() - job.since,
-                "grace_seconds": self.policy.crashed_grace, "bytes_freed": 0})
+                "grace_seconds": self.policy.crashed_grace, "bytes_freed": 0, "noted": noted})
 
     def evict(self, key: str, used: float, reason: str) -> int:
         if self.dry_run:

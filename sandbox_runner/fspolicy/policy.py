@@ -20,6 +20,7 @@ from sandbox_runner.units import parse_size
 
 RUNGS = ("succeeded", "failed", "quarantine", "cache")
 JOB_RUNGS = ("succeeded", "failed")
+MIN_CRASHED_GRACE = 60.0
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([smhdw]?)", re.IGNORECASE)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SCHEMA: dict[str, tuple[str, ...]] = {
@@ -133,6 +134,11 @@ def policy_from_dict(doc: Mapping[str, Any], source: str = "<inline>") -> FsPoli
     job_inodes = free.get("job_inodes", d.job_inodes)
     if isinstance(job_inodes, bool) or not isinstance(job_inodes, int) or job_inodes < 0:
         raise ConfigError(f"{job_inodes!r} is not a non-negative integer", field="free.job_inodes", source=source)
+    grace = parse_duration(ret.get("crashed_grace", d.crashed_grace), "retention.crashed_grace", source)
+    if grace < MIN_CRASHED_GRACE:
+        # WorkDir.create makes the dir, then opens and locks .running: for that moment a live job looks crashed
+        raise ConfigError(f"must be at least {MIN_CRASHED_GRACE:g}s: a new job dir exists for a moment before "
+                          "its lock is taken", field="retention.crashed_grace", source=source)
     interval = parse_duration(scrub.get("interval", d.scrub_interval), "scrub.interval", source)
     if interval <= 0:
         raise ConfigError("must be longer than 0s", field="scrub.interval", source=source)
@@ -142,7 +148,7 @@ def policy_from_dict(doc: Mapping[str, Any], source: str = "<inline>") -> FsPoli
         job_inodes=job_inodes,
         succeeded_retention=parse_duration(ret.get("succeeded", 0), "retention.succeeded", source),
         failed_retention=parse_duration(ret.get("failed", d.failed_retention), "retention.failed", source),
-        crashed_grace=parse_duration(ret.get("crashed_grace", d.crashed_grace), "retention.crashed_grace", source),
+        crashed_grace=grace,
         quarantine_ttl=parse_duration(ret.get("quarantine_ttl", d.quarantine_ttl), "retention.quarantine_ttl",
                                       source),
         cache_cap=_cache_cap(cache["max_size"], source) if "max_size" in cache else d.cache_cap,
