@@ -170,3 +170,22 @@ def test_reservations_count_against_later_admissions_in_process(fs: Path) -> Non
     r.release()
     r.release()  # idempotent
     admit(fs, policy, need_bytes=half, job_id="c").release()
+
+
+def test_a_job_runs_on_a_disk_that_had_no_inode_left(fs: Path) -> None:
+    """Zero free inodes: no quarantine dir can be made (purged in place), then the reservation file fits."""
+    old = fs / "jobs" / "2025" / "01" / "01" / "00" / "00" / "hoarder"
+    old.mkdir(parents=True)
+    (old / "_exit_code").write_text("0\n")
+    (old / ".done").write_text("2025-01-01T00:00:00Z")
+    os.utime(old / ".done", (0, 0))
+    with pytest.raises(OSError):
+        for i in range(10**6):
+            (old / f"f{i}").touch()
+    assert os.statvfs(fs).f_favail == 0
+    runner, sink = _runner(fs, FakeBackend())
+    outcome = runner.run(make_job("echo hi", image=None))
+    assert outcome.ok, outcome.error
+    assert not old.exists()
+    purged = [d["event"] for d in sink.docs() if d.get("type") == "filesystem" and d["status"] == "purged"]
+    assert [e["job_id"] for e in purged] == ["hoarder"] and purged[0]["inodes"] > 1900
