@@ -112,7 +112,8 @@ def check_space(settings: Settings) -> Check:
         probe = probe.parent
     usage = shutil.disk_usage(probe)
     pct = 100.0 * usage.free / usage.total if usage.total else 0.0
-    ok = pct > settings.min_free_percent
+    threshold = settings.min_free_percent if settings.min_free_percent is not None else 10.0
+    ok = pct > threshold
     writable = os.access(probe, os.W_OK)
     return Check("work root", ok and writable,
                  f"{root}: {pct:.1f}% free ({usage.free // 2**30} GiB){'' if writable else ', not writable'}",

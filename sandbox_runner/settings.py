@@ -37,7 +37,8 @@ class Settings:
     fs_policy: Path | None = None
     #: the name this worker reports as ``celery_hostname`` (HySDS: ``celery@<program>.<NN>.<host>``).
     worker_name: str = field(default_factory=lambda: f"sandbox-runner@{socket.gethostname()}")
-    min_free_percent: float = 10.0
+    #: overrides the filesystem policy's ``free.space_percent`` when set
+    min_free_percent: float | None = None
     stop_grace: float = 10.0
     log_format: str = "auto"  # auto | console | json
     log_level: str = "info"
@@ -51,6 +52,18 @@ class Settings:
     cache_dir: Path | None = None
     s3_endpoint_url: str | None = None
     progress: str = "auto"
+    #: the Celery worker: broker and result backend URLs; seconds between worker-heartbeat events (a consumer
+    #: reports a worker offline after two missed beats); the job-drain guard (more than ``drain_threshold``
+    #: contiguous failures at ``drain_threshold / drain_window`` per second or faster stops the worker taking
+    #: jobs); the redelivery lease's time to live (renewed every third of it); the event spool for when Redis
+    #: is unreachable (None = ``<work root>/events/spool``)
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    result_backend: str | None = None
+    heartbeat_interval: float = 30.0
+    drain_threshold: int = 10
+    drain_window: float = 5.0
+    lease_ttl: float = 30.0
+    spool_dir: Path | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -69,6 +82,15 @@ class Settings:
         if worker_cfg_root:
             return Path(worker_cfg_root)
         return self.default_work_root
+
+    @property
+    def node_root(self) -> Path:
+        """Where node-local worker state lives (event spool, worker name locks): the work root, or the default."""
+        return self.work_root or self.default_work_root
+
+    @property
+    def event_spool_dir(self) -> Path:
+        return self.spool_dir or self.node_root / "events" / "spool"
 
 
 _ENV_MAP: dict[str, str] = {
@@ -93,6 +115,13 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_CACHE_DIR": "cache_dir",
     "SANDBOX_RUNNER_S3_ENDPOINT_URL": "s3_endpoint_url",
     "SANDBOX_RUNNER_PROGRESS": "progress",
+    "SANDBOX_RUNNER_BROKER_URL": "broker_url",
+    "SANDBOX_RUNNER_RESULT_BACKEND": "result_backend",
+    "SANDBOX_RUNNER_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "SANDBOX_RUNNER_DRAIN_THRESHOLD": "drain_threshold",
+    "SANDBOX_RUNNER_DRAIN_WINDOW": "drain_window",
+    "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
+    "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -101,14 +130,14 @@ _HYSDS_FALLBACKS = {"HYSDS_ROOT_WORK_DIR": "work_root"}
 
 
 def _coerce(name: str, raw: str, source: str) -> Any:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
+    kind = str({f.name: f.type for f in fields(Settings)}[name]).removesuffix(" | None")
     text = raw.strip()
     try:
-        if "Path" in str(kind):
+        if kind == "Path":
             return Path(os.path.expanduser(text)) if text else None
-        if kind in ("int", int):
+        if kind == "int":
             return int(text)
-        if kind in ("float", float):
+        if kind == "float":
             return float(text)
     except ValueError:
         raise ConfigError(f"{raw!r} is not a valid {kind}", field=source) from None
@@ -119,7 +148,7 @@ def _checked(settings: Settings) -> Settings:
     if settings.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {settings.backend!r} (choose from {', '.join(BACKENDS)})",
                           field="backend")
-    if not 0 <= settings.min_free_percent < 100:
+    if settings.min_free_percent is not None and not 0 <= settings.min_free_percent < 100:
         raise ConfigError(f"{settings.min_free_percent} is not a percentage in [0, 100)",
                           field="min_free_percent")
     if settings.log_format not in ("auto", "console", "json"):
@@ -127,6 +156,10 @@ def _checked(settings: Settings) -> Settings:
     if settings.transfer_concurrency < 1 or settings.transfer_retries < 0 or settings.transfer_timeout <= 0:
         raise ConfigError("transfer_concurrency must be >= 1, transfer_retries >= 0 and transfer_timeout > 0",
                           field="transfer")
+    if settings.heartbeat_interval <= 0 or settings.lease_ttl <= 0 or settings.drain_window <= 0 \
+            or settings.drain_threshold < 1:
+        raise ConfigError("heartbeat_interval, lease_ttl and drain_window must be > 0 and drain_threshold >= 1",
+                          field="worker")
     if settings.progress not in ("auto", "always", "never"):
         raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
     return settings

@@ -6,13 +6,10 @@ nothing but its one ``job-failed`` document.
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from sandbox_runner.errors import ConfigError, DiskSpaceError
+from sandbox_runner.errors import ConfigError
 from sandbox_runner.models import (
     load_datasets_config,
     load_job,
@@ -22,7 +19,7 @@ from sandbox_runner.models import (
 )
 from sandbox_runner.steps import registry
 from sandbox_runner.steps.base import JobContext
-from sandbox_runner.units import format_size, parse_size
+from sandbox_runner.units import parse_size
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -82,40 +79,3 @@ def disk_need(ctx: JobContext) -> int | None:
     """The job's declared disk need in bytes: work config ``disk_usage`` wins over ``params._disk_usage``."""
     raw = getattr(ctx.work_cfg, "disk_usage", None) or (ctx.job.get("params") or {}).get("_disk_usage")
     return parse_size(raw) if raw not in (None, "") else None
-
-
-class CheckDisk:
-    """The simple admission check: refuse the job when the work root's free space is at or below the threshold.
-
-    Threshold as HySDS: the job's ``disk_usage`` as a percentage of the filesystem, else ``min_free_percent``.
-    Unlike HySDS, a disk that is too full refuses the job instead of running it anyway.
-    """
-
-    name: ClassVar[str] = "disk"
-    always: ClassVar[bool] = False
-
-    def run(self, ctx: JobContext) -> None:
-        assert ctx.work_root is not None
-        need = disk_need(ctx)
-        root = ctx.work_root
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            st = os.statvfs(root)
-        except OSError as exc:
-            raise ConfigError(f"work root {root} is not usable: {exc.strerror}", field="work_root") from None
-        capacity, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-        threshold = ctx.settings.min_free_percent
-        if need is not None and capacity:
-            threshold = max(threshold, math.ceil(100 * need / capacity))
-        percent_free = 100.0 * free / capacity if capacity else 0.0
-        if percent_free <= threshold or (need is not None and free < need):
-            raise DiskSpaceError(
-                f"not enough disk space under {root}: job needs {format_size(need or 0)} and "
-                f"{threshold:g}% free, but only {format_size(free)} ({percent_free:.1f}%) of "
-                f"{format_size(capacity)} is free"
-            )
-        ctx.notes["disk"] = {"need": need, "free": free, "capacity": capacity}
-
-
-def disk_free(path: Path) -> int:
-    return shutil.disk_usage(path).free
