@@ -43,6 +43,30 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--work-root", type=Path)
     show.add_argument("--json", action="store_true", help="one JSON document per line")
     show.add_argument("--job-id", help="only documents of this job")
+    tail = ev_sub.add_parser("tail", help="follow the Redis list, printing each new document once")
+    tail.add_argument("--redis-url", help="[SANDBOX_RUNNER_REDIS_URL]")
+    tail.add_argument("--key", help="Redis list key (default: the status key, 'logstash')")
+    tail.add_argument("-n", "--lines", type=int, default=10, help="start with the last N documents (default 10)")
+    tail.add_argument("--all", action="store_true", help="start with the whole list")
+    tail.add_argument("--json", action="store_true", help="one JSON document per line")
+    tail.add_argument("--job-id", help="only documents of this job")
+    tail.add_argument("--count", type=int, help="stop after printing this many documents")
+    tail.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tail.add_argument("--interval", type=float, default=0.5, help="seconds between polls when idle")
+
+    wk = sub.add_parser("worker", help="start a Celery worker (celery@<queue>.<NN>.<host>) with our defaults")
+    wk.add_argument("-Q", "--queues", required=True, help="queue(s) to take jobs from, comma-separated")
+    wk.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once (default 1)")
+    wk.add_argument("-i", "--instance", type=int, help="instance number NN (default: lowest free on this host)")
+    wk.add_argument("-n", "--name", help="full worker name instead of the convention")
+    wk.add_argument("--pidfile", type=Path, help="write the worker's pid here")
+    wk.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+
+    wks = sub.add_parser("workers", help="list workers from their events: online, lost (missed beats), offline")
+    wks.add_argument("--redis-url", help="[SANDBOX_RUNNER_REDIS_URL]")
+    wks.add_argument("--key", help="Redis list key (default: the status key)")
+    wks.add_argument("--file", type=Path, help="read a local events file instead")
+    wks.add_argument("--json", action="store_true", help="one JSON object per worker")
 
     doc = sub.add_parser("doctor", help="check what a rootless node needs, and say what to fix")
     doc.add_argument("--work-root", type=Path)
@@ -72,10 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sandbox_runner.commands import validate
 
             return validate(args.files)
+        if args.command == "events" and getattr(args, "events_command", None) == "tail":
+            from sandbox_runner.worker.commands import events_tail
+
+            return events_tail(args, settings)
         if args.command == "events":
             from sandbox_runner.commands import events_show
 
             return events_show(args, settings)
+        if args.command in ("worker", "workers"):
+            from sandbox_runner.worker import commands as worker_commands
+
+            return int(getattr(worker_commands, args.command)(args, settings))
         if args.command == "doctor":
             from sandbox_runner.doctor import doctor
 

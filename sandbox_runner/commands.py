@@ -31,7 +31,7 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise JobFormatError(f"cannot read job file {args.job}: {exc.strerror}") from None
     work_root = settings.work_root or settings.default_work_root
-    sink = open_sink(settings.redis_url, work_root)
+    sink = open_sink(settings.redis_url, work_root, spool_dir=settings.event_spool_dir, source=settings.worker_name)
     emitter = Emitter(sink, hostname=settings.worker_name, status_key=settings.status_key,
                       job_info_key=settings.job_info_key, status_expires=settings.status_expires)
     runner = JobRunner(settings, emitter)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.backends.base import Backend, ContainerSpec
-from sandbox_runner.errors import CommandFailed, JobFormatError, SandboxRunnerError
+from sandbox_runner.errors import CommandFailed, JobFormatError, JobInterrupted, SandboxRunnerError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.settings import Settings
@@ -90,6 +90,7 @@ class JobRunner:
             PreProcess(), RunCommand(), PostProcess(),
         ]
         self._current: JobContext | None = None
+        self._pending: tuple[str, str, int | None] | None = None
         self._lock = threading.Lock()
 
     # -- the job path ----------------------------------------------------------------------------------------------
@@ -105,8 +106,13 @@ class JobRunner:
         ctx.notes["t_begin"] = t_begin
         with self._lock:
             self._current = ctx
+            if self._pending is not None:  # interrupted before the job got here: it starts stopped
+                ctx.interrupt, self._pending = self._pending, None
+                ctx.cancel.set()
         try:
             for step in self.steps:
+                if failure is None and ctx.interrupt is not None:  # stopped from outside: no further job steps
+                    failure = JobInterrupted(ctx.interrupt[0], ctx.interrupt[1], signum=ctx.interrupt[2])
                 if failure is not None and not (step.always and ctx.workdir is not None):
                     continue
                 try:
@@ -122,12 +128,14 @@ class JobRunner:
                 self._current = None
 
     def interrupt(self, status: str, message: str, signum: int | None = None) -> bool:
-        """Stop the running job from another thread (signal, time limit, revoke). False if none runs."""
+        """Stop the running job from another thread (signal, time limit, revoke). False if none runs; then the
+        next :meth:`run` starts interrupted (a signal can arrive between a worker taking a job and running it)."""
         with self._lock:
             ctx = self._current
-        if ctx is None:
-            return False
-        ctx.interrupt = (status, message, signum)
+            if ctx is None:
+                self._pending = (status, message, signum)
+                return False
+            ctx.interrupt = (status, message, signum)
         ctx.cancel.set()
         return True
 

@@ -97,3 +97,18 @@ def custom_event_doc(
         "tags": list(tags or []),
         "event": event,
     }
+
+
+def worker_event_doc(status: str, event: dict[str, Any], hostname: str, worker_type: str) -> dict[str, Any]:
+    """A worker event (``worker-online`` / ``-heartbeat`` / ``-offline``) as HySDS's process_events indexes it:
+    ``event`` holds Celery's own fields (hostname, timestamp, freq, sw_ident, sw_ver, sw_sys, active, ...)."""
+    return {
+        "resource": "worker",
+        "type": worker_type,
+        "status": status,
+        "celery_hostname": hostname,
+        "@timestamp": iso_now(),
+        "@version": "1",
+        "tags": [],
+        "event": event,
+    }

@@ -16,6 +16,7 @@ from sandbox_runner.events.documents import (
     job_info_doc,
     job_status_doc,
     status_ttl,
+    worker_event_doc,
 )
 from sandbox_runner.events.sinks import EventSink
 
@@ -29,8 +30,11 @@ class Emitter:
         status_key: str = "logstash",
         job_info_key: str = "logstash",
         status_expires: int = 86400,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.sink = sink
+        #: stamped on every document (a Celery worker adds its name's parts, so a tracker can facet on them)
+        self.fields = dict(fields or {})
         self.hostname = hostname
         self.status_key = status_key
         self.job_info_key = job_info_key
@@ -38,6 +42,8 @@ class Emitter:
         self.log = structlog.get_logger("sandbox_runner")
 
     def _deliver(self, key: str, doc: dict[str, Any], status: tuple[str, str, int] | None = None) -> bool:
+        for name, value in self.fields.items():
+            doc.setdefault(name, value)
         try:
             self.sink.push(key, doc, status=status)
             return True
@@ -75,6 +81,12 @@ class Emitter:
               tags: list[str] | None = None) -> dict[str, Any]:
         doc = custom_event_doc(event_type, status, event, self.hostname, tags)
         self.log.info(f"{event_type}/{status}", **{k: v for k, v in event.items() if _loggable(v)})
+        self._deliver(self.status_key, doc)
+        return doc
+
+    def worker_event(self, status: str, event: dict[str, Any], worker_type: str = "worker") -> dict[str, Any]:
+        doc = worker_event_doc(status, event, self.hostname, worker_type)
+        self.log.debug(status, hostname=self.hostname, active=event.get("active"))
         self._deliver(self.status_key, doc)
         return doc
 

@@ -107,9 +107,16 @@ class MemorySink:
         pass
 
 
-def open_sink(redis_url: str | None, work_root: Path) -> EventSink:
+def open_sink(redis_url: str | None, work_root: Path, *, spool_dir: Path | None = None,
+              source: str | None = None) -> EventSink:
+    """Redis behind a local spool (events are never lost while it is unreachable), else the local file."""
     if redis_url:
-        return RedisSink(redis_url)
+        import socket
+
+        from sandbox_runner.events.spool import SpoolSink
+
+        return SpoolSink(RedisSink(redis_url), spool_dir or work_root / "events" / "spool",
+                         source=source or f"sandbox-runner@{socket.gethostname()}")
     return FileSink(work_root / "events" / "events.msgpack")
 
 

@@ -77,6 +77,8 @@ class PostProcess:
     always: ClassVar[bool] = True
 
     def run(self, ctx: JobContext) -> None:
-        if ctx.workdir is None or ctx.interrupt is not None:
+        # a job stopped by a time limit (job-failed) is still triaged; one stopped by a signal, a revoke or a
+        # lost lease is not: the worker is going away, or the job is someone else's now
+        if ctx.workdir is None or (ctx.interrupt is not None and ctx.interrupt[0] != "job-failed"):
             return
         _run_named(ctx, ctx.post_steps, "post")

@@ -1,0 +1,94 @@
+"""The Celery edge: the app, its settings, and one thin task registered under two names.
+
+``sandbox_runner.run_job`` is ours; ``hysds.job_worker.run_job`` is HySDS's, so a HySDS orchestrator's
+``run_job.apply_async((job,), queue=..., time_limit=..., soft_time_limit=..., priority=...)`` reaches our workers
+unchanged. The task decodes the delivery and hands it to :class:`~sandbox_runner.worker.service.WorkerService`,
+which runs it through the JobRunner; nothing below knows about Celery.
+
+Settings follow HySDS's celeryconfig (msgpack, ``acks_late``, prefetch 1, ``reject_on_worker_lost``, queue
+priorities 0-9) with one deliberate difference: the pool is :class:`~sandbox_runner.worker.pool.JobThreadPool`.
+A job is a container the worker waits on, not CPU work, and a thread pool keeps signals, revokes and time limits
+in the process that owns the JobRunner -- where they can stop the *container* instead of killing a pool process
+and leaving the container behind (HySDS's flaw).
+
+    celery -A sandbox_runner.celery_app worker -Q QUEUE -n QUEUE.01.%h      # or: sandbox-runner worker -Q QUEUE
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.exceptions import Reject
+
+from sandbox_runner.settings import Settings, load_settings
+
+TASK_NAME = "sandbox_runner.run_job"
+HYSDS_TASK_NAME = "hysds.job_worker.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "msgpack", "result_serializer": "msgpack", "event_serializer": "msgpack",
+        "accept_content": ["msgpack", "json"], "result_accept_content": ["msgpack", "json"],
+        "task_acks_late": True, "worker_prefetch_multiplier": 1, "task_reject_on_worker_lost": True,
+        "task_queue_max_priority": 10, "task_default_priority": 0,
+        "worker_send_task_events": True, "task_send_sent_event": True, "task_track_started": True,
+        "result_expires": 86400, "broker_heartbeat": 60,
+        "broker_connection_retry_on_startup": True,
+        # a broker blip must not cancel running jobs; a redelivery meanwhile is caught by the lease
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_pool": "sandbox_runner.worker.pool:JobThreadPool",
+        "worker_hijack_root_logger": False,
+    }
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        # Redis has no queue priorities; kombu emulates 0-9 with one list per step (0 is served first there)
+        conf["broker_transport_options"] = {"priority_steps": list(range(10)), "queue_order_strategy": "priority",
+                                            "sep": ":"}
+    return conf
+
+
+def make_app(settings: Settings) -> Celery:
+    from sandbox_runner.worker.lifecycle import make_lifecycle_step, shutdown
+
+    app = Celery("sandbox_runner", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.steps["worker"].add(make_lifecycle_step(settings))
+    signals.worker_shutdown.connect(shutdown, weak=False)
+    signals.task_revoked.connect(_on_revoked, weak=False)
+    for name in (TASK_NAME, HYSDS_TASK_NAME):
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True)(run_job)
+    return app
+
+
+def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str, Any]:
+    """The task body (HySDS's signature). ``queue_when_finished`` (user rules on the orchestrator) is accepted and
+    not acted on: sandbox_runner has no orchestrator side."""
+    from sandbox_runner.worker.lifecycle import current_service
+    from sandbox_runner.worker.service import TaskInfo
+
+    req = self.request
+    hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]
+    task = TaskInfo(task_id=str(req.id), delivery_info=dict(req.delivery_info or {}), hard_limit=hard,
+                    soft_limit=soft)
+    result = current_service().run_task(task, job)
+    if result is None:
+        raise Reject("the worker is shutting down; back to the queue", requeue=True)
+    return result
+
+
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+                expired: bool = False, **_: Any) -> None:
+    if request is None or getattr(sender, "name", None) not in (TASK_NAME, HYSDS_TASK_NAME):
+        return
+    from sandbox_runner.worker.lifecycle import _service
+
+    if _service is None:
+        return
+    args = getattr(request, "args", None) or []
+    _service.revoked(str(request.id), args[0] if args else None, int(signum) if terminated and signum else None)
+
+
+app = make_app(load_settings())

@@ -1,0 +1,163 @@
+"""A worker's life: start (name lock, reconcile, signals, worker-online), heartbeats, shutdown (worker-offline).
+
+It is a Celery worker bootstep, so ``sandbox-runner worker`` and a plain ``celery -A sandbox_runner.celery_app
+worker`` behave the same. It starts after the pool and before the consumer, so a predecessor's leftovers are
+cleaned up before the first message is taken; worker-offline is sent from ``worker_shutdown``, after the pool has
+drained (a warm shutdown waits for running jobs).
+
+Worker events go through the one emitter onto Redis with Celery's own fields (hostname, timestamp, freq,
+sw_ident, sw_ver, sw_sys; heartbeats also active, processed, loadavg). Heartbeats come from a thread of their own,
+not the consumer's event loop: a broker outage must not make a tracker think the worker -- and with it its running
+jobs -- went offline. A consumer calls a worker offline after two missed beats.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import bootsteps
+
+from sandbox_runner.errors import ConfigError
+from sandbox_runner.events import Emitter, open_sink
+from sandbox_runner.settings import Settings
+from sandbox_runner.worker.lease import LeaseGuard
+from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
+from sandbox_runner.worker.reconcile import reconcile
+from sandbox_runner.worker.service import SIGNAL_STATUS, WorkerService
+
+log = structlog.get_logger("sandbox_runner.worker")
+
+_service: WorkerService | None = None
+_heart: Heart | None = None
+
+
+def current_service() -> WorkerService:
+    if _service is None:
+        raise RuntimeError("no worker service: the task ran outside a sandbox_runner worker")
+    return _service
+
+
+def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None) -> dict[str, Any]:
+    """The fields Celery's own Heart puts in worker events (celery/worker/heartbeat.py), plus ours."""
+    from celery.utils.sysinfo import load_average
+    from celery.utils.time import utcoffset
+    from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
+
+    event: dict[str, Any] = {"type": kind, "hostname": hostname, "timestamp": time.time(), "freq": freq,
+                             "utcoffset": utcoffset(), "pid": os.getpid(), **SOFTWARE_INFO}
+    if kind != "worker-online":
+        event.update(active=len(active_requests), processed=all_total_count[0], loadavg=list(load_average()))
+    if service is not None:
+        event["drained"] = service.drain.tripped
+    return event
+
+
+class Heart(threading.Thread):
+    def __init__(self, emitter: Emitter, hostname: str, interval: float, service: WorkerService,
+                 queues: list[str]) -> None:
+        super().__init__(name="worker-heartbeat", daemon=True)
+        self.emitter, self.hostname, self.interval, self.service = emitter, hostname, interval, service
+        self.queues = queues
+        parsed = parse_name(hostname)
+        # HySDS's process_events types a worker document by the program part of its name
+        self.worker_type = parsed.program if parsed else "worker"
+        self.stopped = threading.Event()
+
+    def send(self, kind: str, **extra: Any) -> None:
+        event = celery_fields(kind, self.hostname, self.interval, self.service)
+        event.update(queues=self.queues, **extra)
+        self.emitter.worker_event(kind, event, self.worker_type)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.send("worker-heartbeat")
+            except Exception as exc:  # a beat must never kill the heart
+                log.error("heartbeat-failed", error=str(exc))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def install_signal_handlers(service: WorkerService) -> None:
+    """While a job runs, each of SIGHUP/INT/QUIT/ABRT/TERM stops every job (``job-<signal>``) and then shuts the
+    worker down warm (Celery's SIGTERM handler). With no job running, Celery's own handling stays."""
+    warm = signal.getsignal(signal.SIGTERM)
+    for sig in SIGNAL_STATUS:
+        previous = signal.getsignal(sig)
+        signal.signal(sig, _handler(service, sig, previous, warm))
+
+
+def _handler(service: WorkerService, sig: int, previous: Any, warm: Any) -> Callable[[int, Any], None]:
+    def handle(signum: int, frame: Any) -> None:
+        if service.interrupt_all(signum) and callable(warm):
+            warm(signal.SIGTERM, frame)
+        elif callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+
+    return handle
+
+
+def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
+    class SandboxRunnerWorker(bootsteps.StartStopStep):
+        """sandbox_runner's worker start-up; see the module docstring."""
+
+        requires = ("celery.worker.components:Pool",)
+
+        def start(self, parent: Any) -> None:
+            boot(base, parent)
+
+        def stop(self, parent: Any) -> None:
+            pass  # worker-offline waits for worker_shutdown, after the pool has drained
+
+    return SandboxRunnerWorker
+
+
+def boot(base: Settings, w: Any) -> WorkerService:
+    global _service, _heart
+    name = str(w.hostname)
+    settings = base.with_overrides(worker_name=name)
+    if not hold_name(name, settings.node_root / "workers"):
+        raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
+    queues = sorted(w.app.amqp.queues.consume_from)
+    fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
+    sink = open_sink(settings.redis_url, settings.node_root, spool_dir=settings.event_spool_dir, source=name)
+    emitter = Emitter(sink, hostname=name, status_key=settings.status_key, job_info_key=settings.job_info_key,
+                      status_expires=settings.status_expires, fields=fields)
+    guard = LeaseGuard(settings.redis_url, name, settings.lease_ttl, settings.status_expires) \
+        if settings.redis_url else None
+    done = reconcile(settings, emitter, guard, use_podman=settings.backend == "podman")
+
+    def stop_taking_jobs() -> None:
+        for queue in queues:
+            w.app.control.cancel_consumer(queue, destination=[name], reply=False)
+        log.error("job-drain-stopped-consuming", queues=queues)
+
+    _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs)
+    install_signal_handlers(service)
+    _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues)
+    _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
+                                             "closed": done.closed})
+    _heart.start()
+    return service
+
+
+def shutdown(**_: Any) -> None:
+    """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
+    global _service, _heart
+    heart, service, _heart, _service = _heart, _service, None, None
+    if heart is None or service is None:
+        return
+    heart.stop()
+    heart.send("worker-offline")
+    service.close()
+    service.emitter.close()
