@@ -6,28 +6,18 @@ from __future__ import annotations
 import json
 import signal
 import time
-import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery_fixtures import (  # noqa: F401  (fixtures)
-    OwnRedis,
-    client,
-    containers,
-    job_docs,
-    own_redis,
-    rabbit_url,
-    run_dir,
-    start_worker,
-    statuses,
-    wait_for,
-)
+from celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
 from conftest import Worker, make_job, read_status_list
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 
+pytest_plugins = ["celery_fixtures"]  # rabbit_url, own_redis, run_dir, start_worker
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 TASK_NAMES = ["sandbox_runner.run_job", "hysds.job_worker.run_job"]
 
@@ -65,3 +55,311 @@ def test_jobs_run_under_both_task_names_rabbitmq(start_worker, rabbit_url: str, 
     jd = Path(done["job"]["job_info"]["job_dir"])
     assert (jd / "_stdout.txt").read_text() == "hello from celery\n" and (jd / ".done").exists()
 
+
+
+def test_jobs_run_under_both_task_names_redis_broker(start_worker, own_redis: OwnRedis, redis_url: str,
+                                                     status_key: str) -> None:
+    w = start_worker(own_redis.url)
+    jobs = [make_job(f"echo via redis {i}") for i in range(2)]
+    results = [send(own_redis.url, redis_url, w.queue, job, name) for job, name in zip(jobs, TASK_NAMES, strict=True)]
+    for job, res in zip(jobs, results, strict=True):
+        assert res.get(timeout=90)["status"] == "job-completed"
+        assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-completed"]
+
+
+def test_queue_priorities_order_the_jobs(start_worker, rabbit_url: str, redis_url: str, status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    w.stop()  # the queue exists (with x-max-priority); fill it while nobody consumes
+    jobs = {p: make_job(f"echo priority {p}") for p in (1, 9, 5, 0)}
+    for p, job in jobs.items():
+        send(rabbit_url, redis_url, w.queue, job, priority=p)
+    w.start()
+    wait_for(lambda: all(terminal_docs(redis_url, status_key, j["task_id"]) for j in jobs.values()), 120,
+             what="all four jobs")
+    started = [d["uuid"] for d in job_docs(redis_url, status_key) if d["status"] == "job-started"]
+    assert started == [jobs[p]["task_id"] for p in (9, 5, 1, 0)]
+
+
+def test_revoking_a_running_job_stops_its_container(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                    redis_url: str, status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    job = make_job("sleep 600")
+    send(rabbit_url, redis_url, w.queue, job)
+    wait_status(redis_url, status_key, job["task_id"], "job-started")
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    t0 = time.monotonic()
+    client(rabbit_url, redis_url).control.revoke(job["task_id"], terminate=True)
+    doc = wait_status(redis_url, status_key, job["task_id"], "job-revoked", timeout=30)
+    assert time.monotonic() - t0 < 20
+    assert doc["signum"] == signal.SIGTERM and doc["error"] == "Job was revoked with signal 15."
+    assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-revoked"]
+    assert containers(podman_ready, label) == []
+    jd = Path(doc["job"]["job_info"]["job_dir"])
+    assert (jd / ".done").exists() and not (jd / ".running").exists()
+    # the worker goes on taking jobs
+    after = make_job("echo still here")
+    assert send(rabbit_url, redis_url, w.queue, after).get(timeout=60)["status"] == "job-completed"
+
+
+def test_a_job_revoked_before_delivery_is_not_run(start_worker, rabbit_url: str, redis_url: str,
+                                                  status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    job = make_job("echo must not run")
+    r = redis.Redis.from_url(redis_url)
+    r.set(f"hysds-revoked-task-{job['task_id']}", "1", ex=600)  # what HySDS's revoke tools set
+    try:
+        assert send(rabbit_url, redis_url, w.queue, job).get(timeout=60)["status"] == "job-revoked"
+    finally:
+        r.delete(f"hysds-revoked-task-{job['task_id']}")
+    docs = job_docs(redis_url, status_key, job["task_id"])
+    assert [(d["status"], d.get("signum")) for d in docs] == [("job-revoked", 0)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_signal_mid_job_stops_it_once_and_the_worker_warm(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                            redis_url: str, status_key: str, sig: int) -> None:
+    w = start_worker(rabbit_url)
+    job = make_job("sleep 600")
+    send(rabbit_url, redis_url, w.queue, job)
+    wait_status(redis_url, status_key, job["task_id"], "job-started")
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    w.signal(sig)
+    assert w.wait(timeout=60) == 0, w.text()[-3000:]
+    expected = {signal.SIGTERM: "job-terminated", signal.SIGINT: "job-interrupted", signal.SIGHUP: "job-hangup",
+                signal.SIGQUIT: "job-quit", signal.SIGABRT: "job-aborted"}[sig]
+    docs = job_docs(redis_url, status_key, job["task_id"])
+    assert [d["status"] for d in docs] == ["job-started", expected]
+    assert docs[-1]["signum"] == sig
+    jd = Path(docs[-1]["job"]["job_info"]["job_dir"])
+    assert (jd / ".done").exists() and not (jd / ".running").exists()
+    assert int((jd / "_exit_code").read_text()) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+    assert containers(podman_ready, label) == []
+    worker_docs = [d for d in read_status_list(redis_url, status_key) if d.get("resource") == "worker"]
+    assert worker_docs[-1]["status"] == "worker-offline"
+
+
+def test_sigkill_mid_job_then_restart_gives_one_job_offline(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                            redis_url: str, status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    job = make_job("sleep 600")
+    send(rabbit_url, redis_url, w.queue, job)
+    wait_status(redis_url, status_key, job["task_id"], "job-started")
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    w.signal(signal.SIGKILL)
+    w.wait(timeout=30)
+    assert any(c["State"] == "running" for c in containers(podman_ready, label)), "conmon keeps it running"
+    w.start()  # same name: it reconciles what its predecessor left, then takes the redelivered message
+    offline = wait_status(redis_url, status_key, job["task_id"], "job-offline", timeout=60)
+    assert containers(podman_ready, label) == []
+    jd = Path(offline["job"]["job_info"]["job_dir"])
+    assert (jd / ".done").exists() and not (jd / ".running").exists()
+    assert int((jd / "_exit_code").read_text()) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+
+    def redelivery() -> dict[str, Any] | None:
+        return next((d for d in read_status_list(redis_url, status_key)
+                     if d.get("type") == "job_redelivery" and d["event"]["task_id"] == job["task_id"]), None)
+
+    event = wait_for(redelivery, 60, what="the redelivered message to be judged")
+    assert event["status"] == "finished" and event["event"]["redelivered"] is True
+    assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-offline"]
+    online = [d for d in read_status_list(redis_url, status_key) if d.get("status") == "worker-online"]
+    assert job["task_id"] in online[-1]["event"]["reconciled"]["offline"]
+
+
+def test_a_job_redelivered_after_it_completed_is_not_run_again(start_worker, rabbit_url: str, redis_url: str,
+                                                               status_key: str) -> None:
+    from kombu import Connection
+
+    w = start_worker(rabbit_url)
+    job = make_job("echo once")
+    assert send(rabbit_url, redis_url, w.queue, job).get(timeout=60)["status"] == "job-completed"
+    w.stop()
+    # the same message again, then taken and dropped un-acked: the broker redelivers it (redelivered=True),
+    # as it does when a worker dies between finishing a job and acking it
+    send(rabbit_url, redis_url, w.queue, job)
+    with Connection(rabbit_url) as conn:
+        message = wait_for(lambda: conn.default_channel.basic_get(queue=w.queue, no_ack=False), 10, what="message")
+        assert message.headers["id"] == job["task_id"]
+    w.start()
+
+    def judged() -> dict[str, Any] | None:
+        return next((d for d in read_status_list(redis_url, status_key)
+                     if d.get("type") == "job_redelivery" and d["event"]["task_id"] == job["task_id"]), None)
+
+    event = wait_for(judged, 60, what="the redelivery to be judged")
+    assert event["status"] == "finished" and event["event"]["found_status"] == "job-completed"
+    assert event["event"]["redelivered"] is True
+    assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-completed"]
+    assert len(list(Path(w.env["SANDBOX_RUNNER_WORK_ROOT"]).glob(f"jobs/*/*/*/*/*/{job['job_id']}*"))) == 1
+
+
+def test_soft_time_limit_stops_the_container_and_triage_runs(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                             redis_url: str, status_key: str) -> None:
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_LOG_LEVEL="debug")
+    job = make_job("sleep 600")
+    job["params"]["job_specification"]["post"] = ["hysds.triage.triage"]
+    t0 = time.monotonic()
+    res = send(rabbit_url, redis_url, w.queue, job, soft_time_limit=3, time_limit=60)
+    assert res.get(timeout=60)["status"] == "job-failed"
+    assert time.monotonic() - t0 < 3 + 2 + 10  # limit + grace + slack
+    doc = terminal_docs(redis_url, status_key, job["task_id"])
+    assert [d["status"] for d in doc] == ["job-failed"]
+    assert doc[0]["error"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
+    assert doc[0]["job"]["job_info"]["status"] in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+    assert containers(podman_ready, f"sandbox_runner.task_id={job['task_id']}") == []
+    triage = [json.loads(line) for line in w.text().splitlines() if line.startswith("{") and '"post-step"' in line]
+    assert any(e.get("step") == "triage" and e.get("job_id") == job["job_id"] for e in triage), w.text()[-2000:]
+
+
+def test_hard_time_limit_reaps_a_container_that_ignores_sigterm(start_worker, podman_ready: Worker,
+                                                                rabbit_url: str, redis_url: str,
+                                                                status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    job = make_job("sh -c 'trap \"\" TERM; while true; do sleep 1; done'")
+    job["job_info"].pop("soft_time_limit")
+    job["job_info"]["time_limit"] = 4
+    t0 = time.monotonic()
+    res = send(rabbit_url, redis_url, w.queue, job, time_limit=4)
+    assert res.get(timeout=60)["status"] == "job-failed"
+    assert time.monotonic() - t0 < 4 + 10
+    doc = terminal_docs(redis_url, status_key, job["task_id"])
+    assert [d["status"] for d in doc] == ["job-failed"]
+    assert doc[0]["error"].startswith("Hard time limit (4s) exceeded")
+    assert containers(podman_ready, f"sandbox_runner.task_id={job['task_id']}") == []
+
+
+def _workers(worker: Worker, redis_url: str, key: str) -> dict[str, dict[str, Any]]:
+    proc = worker.run(["sandbox-runner", "workers", "--json", "--redis-url", redis_url, "--key", key])
+    assert proc.returncode == 0, proc.stderr
+    return {row["hostname"]: row for row in map(json.loads, proc.stdout.splitlines())}
+
+
+def test_worker_events_reach_redis_and_workers_lists_their_state(start_worker, podman_ready: Worker,
+                                                                 rabbit_url: str, redis_url: str,
+                                                                 status_key: str) -> None:
+    a = start_worker(rabbit_url)
+    b = start_worker(rabbit_url, instance=7)
+
+    def beats(name: str) -> list[dict[str, Any]]:
+        return [d for d in read_status_list(redis_url, status_key)
+                if d.get("resource") == "worker" and d["celery_hostname"] == name]
+
+    wait_for(lambda: len([d for d in beats(a.name) if d["status"] == "worker-heartbeat"]) >= 2, 20, what="beats")
+    online, beat = beats(a.name)[0], next(d for d in beats(a.name) if d["status"] == "worker-heartbeat")
+    assert online["status"] == "worker-online" and online["type"] == a.queue
+    for doc in (online, beat):
+        for f in ("hostname", "timestamp", "freq", "sw_ident", "sw_ver", "sw_sys"):
+            assert f in doc["event"], f
+        assert doc["event"]["hostname"] == a.name and doc["event"]["freq"] == 1.0
+        assert (doc["worker_program"], doc["worker_instance"]) == (a.queue, 1)
+    assert {"active", "processed", "loadavg"} <= set(beat["event"])
+    b_online = wait_for(lambda: beats(b.name), 10, what="b online")[0]
+    assert ".07." in b_online["celery_hostname"] and b_online["worker_instance"] == 7
+    states = _workers(podman_ready, redis_url, status_key)
+    assert states[a.name]["state"] == "online" and states[b.name]["state"] == "online"
+    a.stop()
+    assert beats(a.name)[-1]["status"] == "worker-offline"
+    b.signal(signal.SIGKILL)  # no goodbye: two missed beats make it "lost"
+    b.wait(timeout=30)
+    time.sleep(2.5)
+    states = _workers(podman_ready, redis_url, status_key)
+    assert states[a.name]["state"] == "offline" and states[b.name]["state"] == "lost"
+
+
+def test_events_tail_follows_the_list(start_worker, podman_ready: Worker, rabbit_url: str, redis_url: str,
+                                      status_key: str) -> None:
+    import subprocess
+
+    w = start_worker(rabbit_url)
+    job = make_job("echo tail me")
+    cmd = ["runuser", "-u", podman_ready.name, "--", "env", "-i",
+           *[f"{k}={v}" for k, v in podman_ready.env().items()],
+           "sandbox-runner", "events", "tail", "--redis-url", redis_url, "--key", status_key, "-n", "0",
+           "--job-id", job["job_id"], "--count", "3", "--timeout", "60"]
+    tail = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # following from the end: only what comes after it started
+    send(rabbit_url, redis_url, w.queue, job).get(timeout=60)
+    out, err = tail.communicate(timeout=70)
+    lines = out.splitlines()
+    assert tail.returncode == 0 and len(lines) == 3, out + err
+    assert "job-started" in lines[0] and "info" in lines[1] and "job-completed" in lines[2]
+    assert all(line.startswith("#") for line in lines)
+    seqs = [int(line[1:].split()[0]) for line in lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+def test_job_drain_stops_the_worker_taking_jobs(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                redis_url: str, status_key: str) -> None:
+    from kombu import Connection
+
+    w = start_worker(rabbit_url)
+    bad = [make_job("echo never") for _ in range(40)]
+    for job in bad:
+        del job["params"]["_command"]  # no worker config either: each fails at once, before any container
+    for job in bad:
+        send(rabbit_url, redis_url, w.queue, job)
+
+    def anomaly() -> dict[str, Any] | None:
+        return next((d for d in read_status_list(redis_url, status_key) if d.get("type") == "worker_anomaly"), None)
+
+    doc = wait_for(anomaly, 60, what="worker_anomaly")
+    assert doc["status"] == "job_drain" and doc["event"]["count"] == 11
+    assert doc["event"]["celery_hostname"] == w.name
+    time.sleep(3)
+    failed = [d for d in job_docs(redis_url, status_key) if d["status"] == "job-failed"]
+    assert 11 <= len(failed) <= 13  # what was already prefetched may still fail
+    with Connection(rabbit_url) as conn:
+        left = conn.default_channel.queue_declare(queue=w.queue, passive=True).message_count
+    assert left == 40 - len(failed)
+    states = _workers(podman_ready, redis_url, status_key)
+    assert states[w.name]["state"] == "online" and states[w.name]["drained"] is True
+
+
+def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedis, rabbit_url: str,
+                                                redis_url: str, status_key: str) -> None:
+    """The worker's event Redis is stopped for 10 s while 50 jobs run; afterwards every event is there exactly
+    once, each job's in order, the worker's sequence numbers without a gap."""
+    w = start_worker(rabbit_url, concurrency=2, events_redis=own_redis.url)
+    jobs = [make_job(f"sh -c 'sleep 0.4; echo {i}'") for i in range(50)]
+    results = [send(rabbit_url, redis_url, w.queue, job) for job in jobs]
+    events = redis.Redis.from_url(own_redis.url)
+    wait_for(lambda: sum(d["status"] == "job-completed" for d in job_docs(own_redis.url, status_key)) >= 5, 60,
+             what="five jobs done before the outage")
+    events.shutdown(save=True)  # SHUTDOWN SAVE keeps what was delivered, so the count below is exact
+    own_redis.proc.wait(timeout=10)  # type: ignore[union-attr]
+    down_at = time.time()
+    time.sleep(10)
+    own_redis.start()  # same port and dir: it loads the dump
+    up_at = time.time()
+    assert all(r.get(timeout=120)["status"] == "job-completed" for r in results)
+
+    def settled() -> list[dict[str, Any]] | None:
+        docs = read_status_list(own_redis.url, status_key)
+        return docs if sum(d.get("status") == "job-completed" for d in docs) == 50 else None
+
+    docs = wait_for(settled, 60, what="every event replayed")
+    time.sleep(2)
+    docs = read_status_list(own_redis.url, status_key)
+    ids = [d["event_id"] for d in docs]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    mine = [d for d in docs if d.get("worker_program") == w.queue]  # every document this worker sent
+    seqs = [d["event_seq"] for d in mine]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "sequence numbers out of order or with a gap"
+    for job in jobs:
+        per_job = [d for d in docs if d.get("uuid") == job["task_id"] or
+                   (d.get("type") == "job_info" and d["job"]["task_id"] == job["task_id"])]
+        assert [d.get("status", "info") for d in per_job] == ["job-started", "info", "job-completed"]
+    stamped = [d["@timestamp"] for d in docs if d.get("resource") == "job"]
+    during = [t for t in stamped if down_at < _epoch(t) < up_at]
+    assert during, "no job event was emitted while Redis was down: the outage missed the jobs"
+    assert "event-sink-down-spooling" in w.text()
+    statuses_now = {job["task_id"]: events.get(f"hysds-job-status-{job['task_id']}") for job in jobs}
+    assert set(statuses_now.values()) == {b"job-completed"}
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
