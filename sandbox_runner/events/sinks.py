@@ -47,7 +47,7 @@ class RedisSink:
             pipe = self._redis.pipeline(transaction=True)
             if status is not None:
                 task_id, value, ttl = status
-                pipe.setex(f"{STATUS_KEY_PREFIX}{task_id}", ttl, value)
+                pipe.set(f"{STATUS_KEY_PREFIX}{task_id}", value, ex=ttl)
             pipe.rpush(key, _pack(doc))
             pipe.execute()
         except self._error as exc:
