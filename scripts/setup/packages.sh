@@ -28,10 +28,14 @@ if ((${#missing[@]} == 0)); then
 fi
 
 say "apt packages: installing ${missing[*]}"
+t0="$(now)"
 export DEBIAN_FRONTEND=noninteractive
+install -d -m 755 "$BUILD" "$BUILD/logs"
+log="$BUILD/logs/apt.log"
 # One unreachable extra source makes update fail while the Debian mirror itself is fine: warn, and let the
 # install decide.
-apt-get update -qq || info "warning: apt-get update reported errors; trying the install anyway"
-apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed (is deb.debian.org reachable?)"
-info "installed ${#missing[@]} package(s)"
+apt-get update >"$log" 2>&1 || info "warning: apt-get update reported errors (see $log); trying the install anyway"
+# Maintainer scripts are chatty (systemd symlinks, invoke-rc.d): keep it in the log, show it on failure.
+apt-get install -y -o Dpkg::Use-Pty=0 "${missing[@]}" >>"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "apt-get install ${missing[*]} failed (is deb.debian.org reachable? full log: $log)"; }
+info "installed ${#missing[@]} package(s) in $(elapsed "$t0")"
