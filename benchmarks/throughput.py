@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Throughput: N trivial jobs through one ``sandbox-runner worker`` at concurrency C, against the same N
+containers run by bare ``podman run --rm`` with the same parallelism.
+
+Everything real: RabbitMQ (a queue of its own), Redis for events and results (a status list of its own), the
+worker as the unprivileged user (re-executes itself through ``runuser`` when started as root), rootless Podman.
+Jobs are busybox ``true`` with the pre/post builtins disabled, so what is measured is the worker's own cost around
+a container. Prints jobs per minute for each side and their ratio (target: >= 0.9), and the worker's own time per
+job outside the container (task wall time minus the container's ``cmd_duration``; target: median < 30 ms).
+
+    .venv/bin/python benchmarks/throughput.py [-n 100] [-c 2] [--broker amqp://...] [--redis redis://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = "localhost/sandbox-runner/busybox:latest"
+USER = "srunner"
+
+
+def as_worker() -> None:
+    """Re-run this script as the unprivileged user: the worker is rootless, so is its benchmark."""
+    if os.getuid() != 0:
+        return
+    pw = pwd.getpwnam(USER)
+    env = {"HOME": pw.pw_dir, "PATH": f"{REPO}/.venv/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": f"/run/user/{pw.pw_uid}",
+           "LANG": "C.UTF-8"}
+    argv = ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+            f"{REPO}/.venv/bin/python", *sys.argv]
+    os.execvp("runuser", argv)
+
+
+def job(n: int) -> dict[str, Any]:
+    job_id = f"tput-{n:04d}-{uuid.uuid4().hex[:6]}"
+    return {
+        "job_id": job_id, "type": "bench", "task_id": str(uuid.uuid4()), "container_image_name": IMAGE,
+        "params": {"_command": "true", "job_specification": {
+            "command": "true", "params": [], "disable_pre_builtins": True, "disable_post_builtins": True}},
+        "localize_urls": [],
+        "job_info": {"payload_hash": "0", "dedup": False, "job_payload": {"payload_task_id": job_id}},
+    }
+
+
+def start_worker(env: dict[str, str], queue: str, concurrency: int, run: Path) -> subprocess.Popen[bytes]:
+    log = (run / "worker.log").open("wb")
+    proc = subprocess.Popen([str(REPO / ".venv/bin/sandbox-runner"), "worker", "-Q", queue, "-c", str(concurrency),
+                             "--pidfile", str(run / "worker.pid")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while " ready." not in (run / "worker.log").read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"worker did not start:\n{(run / 'worker.log').read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def through_worker(app: Any, queue: str, n: int) -> tuple[float, list[dict[str, Any]]]:
+    t0 = time.perf_counter()
+    pending = [app.send_task("hysds.job_worker.run_job", args=[job(i)], queue=queue) for i in range(n)]
+    results = [r.get(timeout=600) for r in pending]
+    elapsed = time.perf_counter() - t0
+    bad = [r for r in results if r["status"] != "job-completed"]
+    if bad:
+        sys.exit(f"{len(bad)} jobs did not complete, e.g. {bad[0]}")
+    return elapsed, results
+
+
+def split(n: int, rounds: int) -> list[range]:
+    step = -(-n // max(1, rounds))
+    return [range(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def runner_overheads(url: str, key: str, task_ids: set[str]) -> list[float]:
+    import msgpack
+    import redis
+
+    docs = (msgpack.unpackb(raw, raw=False) for raw in redis.Redis.from_url(url).lrange(key, 0, -1))
+    return sorted(d["job"]["job_info"]["metrics"]["worker_overhead"] * 1000 for d in docs
+                  if d.get("type") == "job_info" and d["job"]["task_id"] in task_ids)
+
+
+def bare(argv: list[str], n: int, parallel: int) -> float:
+    def one(_: int) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"bare podman failed: {proc.stderr}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, range(n)))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=100, help="jobs per side (default 100)")
+    ap.add_argument("-c", type=int, default=2, help="worker concurrency = bare parallelism (default 2)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds the jobs are split into (default 4)")
+    ap.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = ap.parse_args()
+    as_worker()
+    import redis
+    from celery import Celery
+
+    sock = f"unix:///run/user/{os.getuid()}/podman/podman.sock"
+    queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-events-{uuid.uuid4().hex[:8]}"
+    app = Celery("bench", broker=args.broker, backend=args.redis, set_as_current=False)
+    app.conf.update(task_serializer="msgpack", result_serializer="msgpack", accept_content=["msgpack", "json"],
+                    task_queue_max_priority=10)
+    with tempfile.TemporaryDirectory(prefix="sr-tput-") as tmp:
+        run = Path(tmp)
+        env = dict(os.environ, SANDBOX_RUNNER_WORK_ROOT=str(run / "root"), SANDBOX_RUNNER_LOG_LEVEL="warning",
+                   SANDBOX_RUNNER_MIN_FREE_PERCENT="0", SANDBOX_RUNNER_BROKER_URL=args.broker,
+                   SANDBOX_RUNNER_RESULT_BACKEND=args.redis, SANDBOX_RUNNER_REDIS_URL=args.redis,
+                   SANDBOX_RUNNER_STATUS_KEY=key, SANDBOX_RUNNER_JOB_INFO_KEY=key)
+        worker = start_worker(env, queue, args.c, run)
+        try:
+            through_worker(app, queue, 2 * args.c)  # warm-up: imports, image, the API service's first calls
+            bare_remote = ["podman", "--remote", "--url", sock, "run", "--rm", "--network=none", IMAGE, "true"]
+            bare_local = ["podman", "run", "--rm", "--network=none", IMAGE, "true"]
+            bare(bare_remote, 2, args.c)
+            bare(bare_local, 2, args.c)
+            # interleaved rounds, so drift (other load on the machine) hits every side alike
+            ours = t_remote = t_local = 0.0
+            results: list[dict[str, Any]] = []
+            for size in [len(r) for r in split(args.n, args.rounds)]:
+                elapsed, got = through_worker(app, queue, size)
+                ours += elapsed
+                results += got
+                t_remote += bare(bare_remote, size, args.c)
+                t_local += bare(bare_local, size, args.c)
+            runner_only = runner_overheads(args.redis, key, {r["uuid"] for r in results})
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+            redis.Redis.from_url(args.redis).delete(key)
+    per_min = {name: args.n / t * 60 for name, t in (("ours", ours), ("remote", t_remote), ("local", t_local))}
+    overhead = sorted(r["worker_overhead"] * 1000 for r in results)
+    print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}, {os.uname().release}; n={args.n}, "
+          f"concurrency={args.c}, {args.rounds} interleaved rounds; user={pwd.getpwuid(os.getuid()).pw_name}")
+    print(f"sandbox-runner worker (Celery+podman API) {ours:7.2f} s  {per_min['ours']:7.1f} jobs/min")
+    print(f"bare podman --remote run --rm            {t_remote:7.2f} s  {per_min['remote']:7.1f} jobs/min   "
+          f"ratio {per_min['ours'] / per_min['remote']:.2f} (target >= 0.9)")
+    print(f"bare podman run --rm (local CLI)          {t_local:7.2f} s  {per_min['local']:7.1f} jobs/min   "
+          f"ratio {per_min['ours'] / per_min['local']:.2f}")
+    print(f"worker time per job outside the container: median {statistics.median(overhead):.1f} ms, "
+          f"p90 {overhead[int(0.9 * (len(overhead) - 1))]:.1f} ms, max {overhead[-1]:.1f} ms (target median < 30 ms)")
+    print(f"  of it, the JobRunner's own (job_info.metrics.worker_overhead): median "
+          f"{statistics.median(runner_only):.1f} ms; the rest is the task around it (guard, lease, result dict)")
+    print(json.dumps({"jobs_per_min": per_min, "overhead_ms_median": statistics.median(overhead)}))
+
+
+if __name__ == "__main__":
+    main()
