@@ -263,11 +263,12 @@ def test_worker_events_reach_redis_and_workers_lists_their_state(start_worker, p
     assert states[a.name]["state"] == "online" and states[b.name]["state"] == "online"
     a.stop()
     assert beats(a.name)[-1]["status"] == "worker-offline"
-    b.signal(signal.SIGKILL)  # no goodbye: two missed beats make it "lost"
+    b.signal(signal.SIGKILL)  # no goodbye: two missed beats make it offline
     b.wait(timeout=30)
     time.sleep(2.5)
     states = _workers(podman_ready, redis_url, status_key)
-    assert states[a.name]["state"] == "offline" and states[b.name]["state"] == "lost"
+    assert (states[a.name]["state"], states[a.name]["reason"]) == ("offline", "worker-offline")
+    assert (states[b.name]["state"], states[b.name]["reason"]) == ("offline", "missed beats")
 
 
 def test_events_tail_follows_the_list(start_worker, podman_ready: Worker, rabbit_url: str, redis_url: str,

@@ -86,12 +86,13 @@ def task_id(redis_url: str) -> Iterator[str]:
     yield tid
     r = redis.Redis.from_url(redis_url)
     r.delete(f"sandbox-runner-lease-{tid}", f"sandbox-runner-fence-{tid}", f"hysds-job-status-{tid}",
-             f"hysds-revoked-task-{tid}")
+             f"hysds-revoked-task-{tid}", f"hysds-task-worker-{tid}")
 
 
 def test_a_live_owner_keeps_its_job(redis_url: str, task_id: str) -> None:
     owner = LeaseGuard(redis_url, "celery@a.01.h", ttl=1.5).admit(task_id)
     assert owner.run and owner.reason == "new" and owner.lease is not None and owner.lease.token == 1
+    assert redis.Redis.from_url(redis_url).get(f"hysds-task-worker-{task_id}") == b"celery@a.01.h"  # as HySDS
     stop = threading.Event()
 
     def renew() -> None:
@@ -212,8 +213,9 @@ def test_worker_states() -> None:
     now = 1000.0
     docs = [doc("a", "worker-online", 990), doc("a", "worker-heartbeat", 998), doc("b", "worker-heartbeat", 995),
             doc("c", "worker-heartbeat", 999), doc("c", "worker-offline", 999.5), {"resource": "job"}]
-    states = {r["hostname"]: r["state"] for r in worker_states(docs, now=now)}
-    assert states == {"a": "online", "b": "lost", "c": "offline"}
+    states = {r["hostname"]: (r["state"], r["reason"]) for r in worker_states(docs, now=now)}
+    assert states == {"a": ("online", "worker-heartbeat"), "b": ("offline", "missed beats"),
+                      "c": ("offline", "worker-offline")}
 
 
 def test_spool_dir_unwritable_still_numbers_events(tmp_path: Path, own_redis: OwnRedis) -> None:

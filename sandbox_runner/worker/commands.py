@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from collections import OrderedDict
@@ -25,7 +26,8 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("name at least one queue with -Q", field="queues")
     lock_dir = settings.node_root / "workers"
     if args.name:
-        name = args.name if "@" in args.name else f"celery@{args.name}"
+        name = args.name.replace("%h", socket.gethostname())
+        name = name if "@" in name else f"celery@{name}"
     elif args.instance is not None:
         name = str(make_name(queues[0], args.instance))
     else:
@@ -45,8 +47,8 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- workers -----------------------------------------------------------------------------------------------------------
 def worker_states(docs: Iterable[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
-    """The latest worker event per worker, judged: ``offline`` (said goodbye), ``lost`` (missed two beats) or
-    ``online``."""
+    """The latest worker event per worker, judged: ``offline`` when it said goodbye (``worker-offline``) or missed
+    two beats (a SIGKILL, a lost node: no goodbye comes), else ``online``."""
     now = time.time() if now is None else now
     latest: dict[str, dict[str, Any]] = {}
     for doc in docs:
@@ -63,12 +65,12 @@ def worker_states(docs: Iterable[dict[str, Any]], now: float | None = None) -> l
         seen = float(event.get("timestamp") or 0)
         freq = float(event.get("freq") or 60)
         if doc.get("status") == "worker-offline":
-            state = "offline"
+            state, reason = "offline", "worker-offline"
         elif now - seen > 2 * freq:
-            state = "lost"
+            state, reason = "offline", "missed beats"
         else:
-            state = "online"
-        rows.append({"hostname": host, "state": state, "last_seen": seen, "age": round(now - seen, 1),
+            state, reason = "online", str(doc.get("status"))
+        rows.append({"hostname": host, "state": state, "reason": reason, "last_seen": seen, "age": round(now - seen, 1),
                      "freq": freq, "active": event.get("active"), "processed": event.get("processed"),
                      "drained": bool(event.get("drained")), "program": doc.get("worker_program"),
                      "instance": doc.get("worker_instance"), "host": doc.get("worker_host"),
@@ -95,11 +97,12 @@ def workers(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("no worker events found", file=sys.stderr)
         return EXIT_OK
-    print(f"{'WORKER':<48} {'STATE':<8} {'AGE':>7} {'ACTIVE':>6} {'DONE':>6}  QUEUES")
+    print(f"{'WORKER':<44} {'STATE':<8} {'WHY':<16} {'AGE':>7} {'ACTIVE':>6} {'DONE':>6}  QUEUES")
     for r in rows:
         state = r["state"] + ("*" if r["drained"] else "")
-        print(f"{r['hostname']:<48} {state:<8} {r['age']:>6.0f}s {r['active'] if r['active'] is not None else '-':>6}"
-              f" {r['processed'] if r['processed'] is not None else '-':>6}  {','.join(r['queues'] or [])}")
+        print(f"{r['hostname']:<44} {state:<8} {r['reason']:<16} {r['age']:>6.0f}s "
+              f"{r['active'] if r['active'] is not None else '-':>6} "
+              f"{r['processed'] if r['processed'] is not None else '-':>6}  {','.join(r['queues'] or [])}")
     if any(r["drained"] for r in rows):
         print("* stopped taking jobs after a job drain (worker_anomaly event)")
     return EXIT_OK

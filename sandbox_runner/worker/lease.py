@@ -34,8 +34,11 @@ log = structlog.get_logger("sandbox_runner.worker")
 LEASE_PREFIX = "sandbox-runner-lease-"
 FENCE_PREFIX = "sandbox-runner-fence-"
 REVOKED_PREFIX = "hysds-revoked-task-"
+#: HySDS's run_job records which worker runs a task (log_task_worker); mozart's process_events reads it
+TASK_WORKER_PREFIX = "hysds-task-worker-"
 
-# KEYS: lease, fence counter; ARGV: worker, ttl ms, fence ttl s -> {token, worker, beat} (token 0: held by other)
+# KEYS: lease, fence counter, HySDS's task-worker key; ARGV: worker, ttl ms, fence ttl s
+# -> {token, worker, beat} (token 0: held by another worker)
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'worker'), redis.call('HGET', KEYS[1], 'beat')}
@@ -44,6 +47,7 @@ local token = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[1], 'token', token, 'worker', ARGV[1], 'beat', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
 return {token, ARGV[1], '0'}
 """
 # KEYS: lease; ARGV: token, ttl ms -> 1 renewed, 0 lost
@@ -131,7 +135,7 @@ class LeaseGuard:
             return Admission(False, "revoked", status=status)
         if status in TERMINAL_STATUSES:
             return Admission(False, "finished", status=status)
-        keys = [f"{LEASE_PREFIX}{task_id}", f"{FENCE_PREFIX}{task_id}"]
+        keys = [f"{LEASE_PREFIX}{task_id}", f"{FENCE_PREFIX}{task_id}", f"{TASK_WORKER_PREFIX}{task_id}"]
         deadline = time.monotonic() + self.ttl + 1.0
         first_beat: bytes | None = None
         while True:

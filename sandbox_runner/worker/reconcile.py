@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,12 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
         log.warning("reconcile-podman-unavailable", error=str(exc))
         return
     grace = max(0, int(settings.stop_grace))
-    for info in found:
+
+    def reap(info: dict[str, Any]) -> None:
         cid, labels = str(info["Id"]), info.get("Labels") or {}
         job_dir = labels.get(JOB_DIR_LABEL)
         if job_dir and lock_held(os.path.join(job_dir, RUNNING)):
-            continue
+            return
         try:
             if info.get("State") == "running":
                 log.warning("orphan-container-stopping", container=cid, job_dir=job_dir, grace=grace)
@@ -77,6 +79,10 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
             result.containers.append(cid)
         except BackendError as exc:
             log.error("orphan-container-not-removed", container=cid, error=str(exc))
+
+    # all at once: each stop may take the whole grace period, and the worker takes no job until they are done
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(found)))) as pool:
+        list(pool.map(reap, found))
 
 
 def _claim(path: str) -> int | None:
