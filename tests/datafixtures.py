@@ -1,5 +1,7 @@
 """Fixtures for the data-in/out tests (localize, publish, triage): a job context with a real work dir, and the
 loopback servers of ``servers.py``. Loaded with ``pytest_plugins = ["datafixtures"]`` (kept out of conftest.py).
+
+Test modules also import its helpers, so it is not assert-rewritten: PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

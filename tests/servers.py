@@ -179,6 +179,18 @@ class _Handler(BaseHTTPRequestHandler):
         target.write_bytes(body)
         self._reply(HTTPStatus.NO_CONTENT if existed else HTTPStatus.CREATED)
 
+    def do_PROPFIND(self) -> None:
+        target = self._begin()
+        self._drain()
+        if target is None:
+            return
+        if not target.exists():
+            self._reply(HTTPStatus.NOT_FOUND)
+            return
+        body = (f'<?xml version="1.0"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>{self.path}</D:href>'
+                '<D:propstat><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>')
+        self._reply(HTTPStatus.MULTI_STATUS, body.encode(), {"Content-Type": "application/xml"})
+
     def do_MKCOL(self) -> None:
         target = self._begin()
         self._drain()

@@ -33,7 +33,7 @@ class Transfers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._made: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # dav is made from http, under the same lock
 
     def _get(self, kind: str) -> Any:
         with self._lock:

@@ -43,6 +43,13 @@ class S3Url:
         return S3Url(self.endpoint, self.region, self.bucket, key)
 
 
+Target = str | S3Url  # a URL, or an already parsed one (publish builds keys under a prefix)
+
+
+def _shown(target: Target) -> str:
+    return redact_url(target) if isinstance(target, str) else f"s3://{target.bucket}/{target.key}"
+
+
 def parse_s3(url: str, default_endpoint: str | None = None) -> S3Url:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("s3", "s3s") or not parts.netloc:
@@ -81,8 +88,8 @@ class S3Transport:
     def close(self) -> None:
         self._clients.clear()
 
-    def loc(self, url: str) -> S3Url:
-        return parse_s3(url, self.settings.s3_endpoint_url)
+    def loc(self, target: Target) -> S3Url:
+        return target if isinstance(target, S3Url) else parse_s3(target, self.settings.s3_endpoint_url)
 
     def client(self, loc: S3Url) -> Any:
         # boto3 sessions are not thread-safe to create; clients are safe to share once made
@@ -101,7 +108,7 @@ class S3Transport:
             return self._clients[key]
 
     # -- reads ---------------------------------------------------------------------------------------------------
-    def keys(self, url: str) -> Iterator[tuple[str, int]]:
+    def keys(self, url: Target) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object under the prefix ``url`` + ``/``."""
         loc = self.loc(url)
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
@@ -111,34 +118,34 @@ class S3Transport:
                 for obj in page.get("Contents", []):
                     yield obj["Key"], int(obj["Size"])
         except Exception as exc:
-            raise TransferError(f"cannot list {redact_url(url)}: {_code(exc) or exc}") from None
+            raise TransferError(f"cannot list {_shown(url)}: {_code(exc) or exc}") from None
 
-    def stat(self, url: str) -> RemoteInfo | None:
+    def stat(self, url: Target) -> RemoteInfo | None:
         loc = self.loc(url)
         try:
             head = self.client(loc).head_object(Bucket=loc.bucket, Key=loc.key)
             return RemoteInfo(size=int(head["ContentLength"]), etag=head.get("ETag"))
         except Exception as exc:
             if _code(exc) not in ("404", "NoSuchKey", "NotFound"):
-                raise TransferError(f"cannot stat {redact_url(url)}: {_code(exc) or exc}") from None
+                raise TransferError(f"cannot stat {_shown(url)}: {_code(exc) or exc}") from None
         for _ in self.keys(url):
             return RemoteInfo(is_dir=True)
         return None
 
-    def get_bytes(self, url: str) -> bytes | None:
+    def get_bytes(self, url: Target) -> bytes | None:
         loc = self.loc(url)
         try:
             return bytes(self.client(loc).get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
         except Exception as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise TransferError(f"cannot read {redact_url(url)}: {_code(exc) or exc}") from None
+            raise TransferError(f"cannot read {_shown(url)}: {_code(exc) or exc}") from None
 
     def fetch(self, url: str, dest: Path, *, algos: Iterable[str] = (), expected: dict[str, str] | None = None,
               on_bytes: OnBytes | None = None, cancel: threading.Event | None = None) -> FetchResult:
         info = self.stat(url)
         if info is None:
-            raise TransferError(f"{redact_url(url)} does not exist")
+            raise TransferError(f"{_shown(url)} does not exist")
         loc = self.loc(url)
         if info.is_dir:
             prefix, total = loc.key.rstrip("/") + "/", 0
@@ -201,14 +208,14 @@ class S3Transport:
             wait_or_cancel(backoff_delay(max(failures, 1), self.settings.transfer_backoff), cancel)
 
     # -- writes (publish) ----------------------------------------------------------------------------------------
-    def put_file(self, path: Path, url: str) -> None:
+    def put_file(self, path: Path, url: Target) -> None:
         loc = self.loc(url)
         try:
             self.client(loc).upload_file(str(path), loc.bucket, loc.key)
         except Exception as exc:
-            raise TransferError(f"cannot upload {path.name} to {redact_url(url)}: {_code(exc) or exc}") from None
+            raise TransferError(f"cannot upload {path.name} to {_shown(url)}: {_code(exc) or exc}") from None
 
-    def put_bytes(self, data: bytes, url: str, *, exclusive: bool = False) -> bool:
+    def put_bytes(self, data: bytes, url: Target, *, exclusive: bool = False) -> bool:
         """Write a small object; with ``exclusive``, False when it already exists (``If-None-Match: *``)."""
         loc = self.loc(url)
         extra = {"IfNoneMatch": "*"} if exclusive else {}
@@ -218,9 +225,9 @@ class S3Transport:
         except Exception as exc:
             if exclusive and _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return False
-            raise TransferError(f"cannot write {redact_url(url)}: {_code(exc) or exc}") from None
+            raise TransferError(f"cannot write {_shown(url)}: {_code(exc) or exc}") from None
 
-    def delete(self, urls: list[str]) -> None:
+    def delete(self, urls: list[Target]) -> None:
         by_bucket: dict[tuple[str | None, str, str], list[str]] = {}
         for url in urls:
             loc = self.loc(url)

@@ -1,0 +1,1 @@
+"""Datasets a job produced: recognized by datasets.json, published atomically (file://, s3://, WebDAV)."""
