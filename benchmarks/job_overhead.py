@@ -4,7 +4,8 @@
 Runs N trivial jobs (busybox ``true``) both ways in the same run, interleaved so drift hits both equally, as the
 unprivileged user (re-executes itself through ``runuser`` when started as root), and prints the medians and
 their ratio. Also prints, from each job's ``_job.json``, the time the runner spent outside the container
-(``metrics.worker_overhead``: the whole run minus ``cmd_duration``) and the interpreter start-up (``sandbox-runner --version``).
+(``metrics.worker_overhead``: the whole run minus ``cmd_duration``) and the interpreter start-up
+(``sandbox-runner --version``).
 
     .venv/bin/python benchmarks/job_overhead.py [-n 20]
 """
@@ -44,8 +45,8 @@ def job_json(work: Path) -> Path:
     job_id = f"bench-{uuid.uuid4().hex[:10]}"
     job = {
         "job_id": job_id, "type": "bench", "task_id": str(uuid.uuid4()), "container_image_name": IMAGE,
-        "params": {"_command": "true", "job_specification": {"command": "true", "disable_pre_builtins": True,
-                                                             "disable_post_builtins": True}},
+        "params": {"_command": "true", "job_specification": {
+            "command": "true", "params": [], "disable_pre_builtins": True, "disable_post_builtins": True}},
         "localize_urls": [],
         "job_info": {"payload_hash": "0", "dedup": False, "job_payload": {"payload_task_id": job_id}},
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 from sandbox_runner.backends.base import ContainerSpec, Mount
 from sandbox_runner.errors import JobFormatError
-from sandbox_runner.mounts import load_mount_policy, resolve_mounts
+from sandbox_runner.mounts import MountPolicy, load_mount_policy, resolve_mounts
 from sandbox_runner.steps.base import JobContext
 
 LABEL_PREFIX = "sandbox_runner"
@@ -77,12 +77,13 @@ def container_name(job_id: str) -> str:
     return f"sr-{safe}-{uuid.uuid4().hex[:8]}"
 
 
-def build_spec(ctx: JobContext, job_dir: str) -> ContainerSpec:
+def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None) -> ContainerSpec:
     settings = ctx.settings
     env = settings.env
     image, image_url = _image(ctx)
     work_root = str(ctx.work_root)
-    policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
+    if policy is None:
+        policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
     mounts: tuple[Mount, ...] = resolve_mounts(_mappings(ctx), job_dir=job_dir, policy=policy, env=env)
     runtime = _runtime_options(ctx, env)
     network = str(runtime.pop("network", runtime.pop("net", "none")))

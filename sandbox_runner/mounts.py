@@ -16,7 +16,6 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -143,6 +142,8 @@ class MountPolicy:
 def load_mount_policy(path: str | Path | None, *, env: Mapping[str, str], work_root: str) -> MountPolicy:
     """Read a policy file (None: the shipped default); ``$WORK_ROOT`` expands to ``work_root``."""
     if path is None:
+        from importlib import resources  # only for the shipped default
+
         ref = resources.files("sandbox_runner").joinpath("policies/mounts.toml")
         source, text = "sandbox_runner/policies/mounts.toml", ref.read_text(encoding="utf-8")
     else:

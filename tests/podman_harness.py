@@ -63,7 +63,11 @@ def _run(req: dict[str, Any]) -> dict[str, Any]:
     answer["result"] = dataclasses.asdict(result)
     answer["service_pid"] = backend.service_pid
     if probe:
-        answer["after"] = _listing(backend.api, probe)
+        # podman removes the container (remove: true) once conmon's exit command runs: ~0.1-0.2 s after exit
+        deadline = time.monotonic() + 10
+        while (after := _listing(backend.api, probe)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer["after"] = after
     return answer
 
 

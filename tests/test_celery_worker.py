@@ -94,7 +94,7 @@ def test_revoking_a_running_job_stops_its_container(start_worker, podman_ready: 
     assert time.monotonic() - t0 < 20
     assert doc["signum"] == signal.SIGTERM and doc["error"] == "Job was revoked with signal 15."
     assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-revoked"]
-    assert containers(podman_ready, label) == []
+    wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
     jd = Path(doc["job"]["job_info"]["job_dir"])
     assert (jd / ".done").exists() and not (jd / ".running").exists()
     # the worker goes on taking jobs
@@ -136,7 +136,7 @@ def test_a_signal_mid_job_stops_it_once_and_the_worker_warm(start_worker, podman
     jd = Path(docs[-1]["job"]["job_info"]["job_dir"])
     assert (jd / ".done").exists() and not (jd / ".running").exists()
     assert int((jd / "_exit_code").read_text()) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
-    assert containers(podman_ready, label) == []
+    wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
     worker_docs = [d for d in read_status_list(redis_url, status_key) if d.get("resource") == "worker"]
     assert worker_docs[-1]["status"] == "worker-offline"
 
@@ -154,7 +154,7 @@ def test_sigkill_mid_job_then_restart_gives_one_job_offline(start_worker, podman
     assert any(c["State"] == "running" for c in containers(podman_ready, label)), "conmon keeps it running"
     w.start()  # same name: it reconciles what its predecessor left, then takes the redelivered message
     offline = wait_status(redis_url, status_key, job["task_id"], "job-offline", timeout=60)
-    assert containers(podman_ready, label) == []
+    wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
     jd = Path(offline["job"]["job_info"]["job_dir"])
     assert (jd / ".done").exists() and not (jd / ".running").exists()
     assert int((jd / "_exit_code").read_text()) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
@@ -210,7 +210,8 @@ def test_soft_time_limit_stops_the_container_and_triage_runs(start_worker, podma
     assert [d["status"] for d in doc] == ["job-failed"]
     assert doc[0]["error"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
     assert doc[0]["job"]["job_info"]["status"] in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
-    assert containers(podman_ready, f"sandbox_runner.task_id={job['task_id']}") == []
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
     triage = [json.loads(line) for line in w.text().splitlines() if line.startswith("{") and '"post-step"' in line]
     assert any(e.get("step") == "triage" and e.get("job_id") == job["job_id"] for e in triage), w.text()[-2000:]
 
@@ -229,7 +230,8 @@ def test_hard_time_limit_reaps_a_container_that_ignores_sigterm(start_worker, po
     doc = terminal_docs(redis_url, status_key, job["task_id"])
     assert [d["status"] for d in doc] == ["job-failed"]
     assert doc[0]["error"].startswith("Hard time limit (4s) exceeded")
-    assert containers(podman_ready, f"sandbox_runner.task_id={job['task_id']}") == []
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
 
 
 def _workers(worker: Worker, redis_url: str, key: str) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +207,15 @@ def test_no_container_left_behind(podman_ready: Worker, shared_dir: Path, work_r
                                   status_key: str) -> None:
     job = make_job("echo bye", image=BUSYBOX)
     run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman")
-    ps = podman_ready.run(["podman", "--remote", "--url", f"unix://{podman_ready.socket}", "ps", "-a",
-                           "--filter", f"label=sandbox_runner.task_id={job['task_id']}", "-q"])
-    assert ps.returncode == 0 and ps.stdout.strip() == ""
+    deadline = time.monotonic() + 10  # podman removes it (remove: true) ~0.1-0.2 s after the job exits
+    while True:
+        ps = podman_ready.run(["podman", "--remote", "--url", f"unix://{podman_ready.socket}", "ps", "-a",
+                               "--filter", f"label=sandbox_runner.task_id={job['task_id']}", "-q"])
+        assert ps.returncode == 0
+        if ps.stdout.strip() == "" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ps.stdout.strip() == ""
 
 
 def test_dry_run_prints_spec_and_runs_nothing(worker: Worker, shared_dir: Path, work_root: Path) -> None:

@@ -1,15 +1,18 @@
 """PodmanBackend: one job = one rootless container, driven through the user's Podman API service.
 
-A run is six API calls plus one stream: ``create`` (everything in one body, see :mod:`.podman_spec`) ->
+A run is five API calls plus one stream: ``create`` (everything in one body, see :mod:`.podman_spec`) ->
 ``attach`` (a hijacked stream, opened *before* start so no output is lost; podman initialises the container
 here, so its process and host pid exist) -> ``inspect`` (that pid for ``io.on_start``, the image id) -> ``start``
--> exit code -> ``DELETE ?force``. The attach stream is podman's multiplexed format (8-byte header: stream id,
-length); a thread copies each frame's payload, and nothing else, into the stdout/stderr file as it arrives, so
-the files are byte-exact and grow while the job runs. The stream ends when the job exits; the same thread then
+-> exit code; podman removes the container itself. The attach stream is podman's multiplexed format (8-byte
+header: stream id, length); a thread copies each frame's payload, and nothing else, into the stdout/stderr file
+as it arrives, so the files are byte-exact and grow while the job runs. The stream ends when the job exits; the same thread then
 reads the exit code with ``inspect`` (``wait`` is ~0.1 s slower here, see :meth:`_Follower._exited_code`).
 
-Why the containers are not created with ``remove: true``: podman then deletes a short job before we can ask for
-its exit code (measured: ``wait`` answers 404). The container is removed explicitly, on every path.
+Removal: containers are created with ``remove: true``, so conmon's exit command removes them even if the worker
+dies meanwhile, and the worker does not wait ~40 ms per job for a ``DELETE`` (benchmarks/job_overhead.py).
+That cleanup runs 60-190 ms after the job exits, long after our ``inspect`` has read the exit code (~10 ms);
+should it ever win the race, the exit code is read back from podman's ``died`` event. A container left by an
+error path is deleted explicitly.
 
 keep-id and uid/gid: with ``--userns=keep-id`` the worker's uid/gid are the same numbers inside, so files the job
 writes in its job dir belong to the worker on the host. ``spec.uid``/``gid`` are honoured *without* losing that:
@@ -19,6 +22,7 @@ rootless namespace, where container root is the worker. See :func:`.podman_spec.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -90,17 +94,34 @@ class _Follower(threading.Thread):
         """
         for delay in (0.0, 0.005, 0.01, 0.02, 0.04):
             time.sleep(delay)
-            state = self.api.call("GET", f"/containers/{self.cid}/json", what="inspect").get("State") or {}
+            try:
+                state = self.api.call("GET", f"/containers/{self.cid}/json", what="inspect").get("State") or {}
+            except APIError as exc:
+                if exc.status == 404:  # auto-removed already: its died event still knows the exit code
+                    return self._died_event_code()
+                raise
             if state.get("Status") in ("stopped", "exited"):
                 return int(state["ExitCode"])
         return None
+
+    def _died_event_code(self) -> int:
+        filters = json.dumps({"container": [self.cid], "event": ["died"]})
+        resp = self.api.open("GET", "/events", params={"stream": False, "filters": filters}, what="events")
+        try:
+            for line in resp.read().splitlines():
+                attrs = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
+                if "containerExitCode" in attrs:
+                    return int(attrs["containerExitCode"])
+        finally:
+            resp.close()
+        raise BackendError(f"container {self.cid[:12]} was removed before its exit code could be read")
 
     def run(self) -> None:
         try:
             clean = self._copy()
             # after a clean end the process is gone; a broken stream may mean it still runs: let podman wait
             code = self._exited_code() if clean else None
-            if code is None:
+            if code is None:  # still running after its stream broke (or not yet marked stopped): wait for it
                 params = {"interval": "10ms" if clean else "250ms"}
                 code = int(self.api.call("POST", f"/containers/{self.cid}/wait", params=params, timeout=None))
             self.exit_code = code
@@ -153,8 +174,9 @@ class PodmanBackend:
         cid = self._create(body, spec)
         try:
             return self._run(cid, spec, io)
-        finally:
-            self._remove(cid)
+        except BaseException:
+            self._remove(cid)  # podman's auto-removal needs the container to have run and exited
+            raise
 
     # --- steps ------------------------------------------------------------------------------------------------------
     def _create(self, body: dict[str, Any], spec: ContainerSpec) -> str:

@@ -96,6 +96,7 @@ def build_create_body(
         "labels": dict(labels),
         "mounts": mounts,
         "init": True,  # like HySDS's ``--init``: signals reach the job, zombies are reaped
+        "remove": True,  # by conmon's exit command: no container outlives its job, even if the worker dies
         "terminal": False,
         "stdin": False,
     }

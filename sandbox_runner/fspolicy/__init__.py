@@ -9,11 +9,23 @@
 ``periodic``    the scrubber a long-running worker calls between jobs, and the body of ``sandbox-runner scrub``
 """
 
-from sandbox_runner.fspolicy.admission import Reservation, admit
-from sandbox_runner.fspolicy.ladder import Scrubber
-from sandbox_runner.fspolicy.periodic import PeriodicScrubber, scrub_once
-from sandbox_runner.fspolicy.policy import FsPolicy, load_fs_policy
-from sandbox_runner.fspolicy.report import Action, Report
+from __future__ import annotations
 
-__all__ = ["Action", "FsPolicy", "PeriodicScrubber", "Report", "Reservation", "Scrubber", "admit",
-           "load_fs_policy", "scrub_once"]
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): admitting a job needs only ``admission`` and ``policy``; the ladder and its
+# helpers are imported when space is actually short, keeping them off every job's start-up.
+_WHERE = {
+    "Reservation": "admission", "admit": "admission", "Scrubber": "ladder", "PeriodicScrubber": "periodic",
+    "scrub_once": "periodic", "FsPolicy": "policy", "load_fs_policy": "policy", "Action": "report",
+    "Report": "report",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sandbox_runner.fspolicy' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sandbox_runner.fspolicy.{_WHERE[name]}"), name)

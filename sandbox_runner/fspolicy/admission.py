@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox_runner.errors import DiskSpaceError
-from sandbox_runner.fspolicy.ladder import EVENT_TYPE, Scrubber
 from sandbox_runner.fspolicy.policy import FsPolicy
 from sandbox_runner.fspolicy.report import Space
 from sandbox_runner.units import format_size
@@ -142,6 +141,8 @@ def admit(root: str | Path, policy: FsPolicy, *, need_bytes: int, job_id: str, e
         want_b, want_i = _wants(space, policy, reserved, need_bytes, inodes)
         freed = 0
         if space.free < want_b or (space.files and space.ffree < want_i):
+            from sandbox_runner.fspolicy.ladder import Scrubber  # only when space is short
+
             scrubber = Scrubber(real, policy, emitter, protect=protect)
             scrubber.ladder(want_b, want_i)
             freed = scrubber.report.freed
@@ -178,6 +179,8 @@ def _refusal(root: str, policy: FsPolicy, space: Space, reserved: Reserved, need
 def _refused(emitter: Emitter | None, root: str, job_id: str, message: str, need: int, space: Space,
              freed: int) -> None:
     if emitter is not None:
+        from sandbox_runner.fspolicy.ladder import EVENT_TYPE
+
         emitter.event(EVENT_TYPE, "refused", {"root": root, "job_id": job_id, "need_bytes": need,
                                               "free_bytes": space.free, "free_inodes": space.ffree,
                                               "bytes_freed": freed, "message": message})

@@ -11,7 +11,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +160,8 @@ def policy_from_dict(doc: Mapping[str, Any], source: str = "<inline>") -> FsPoli
 def load_fs_policy(path: str | Path | None = None) -> FsPolicy:
     """Read a policy file; None reads the one shipped in the package (``sandbox_runner/policies/``)."""
     if path is None:
+        from importlib import resources  # only for the shipped default
+
         ref = resources.files("sandbox_runner").joinpath("policies/filesystem.toml")
         source, text = "sandbox_runner/policies/filesystem.toml", ref.read_text(encoding="utf-8")
     else:

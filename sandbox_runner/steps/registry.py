@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from functools import cache
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from sandbox_runner.errors import UnknownStepError
@@ -51,16 +50,21 @@ DEFAULT_POST = ("publish_datasets",)
 
 @cache
 def _plugins() -> dict[str, str]:
+    # imported here: importlib.metadata costs ~15 ms of start-up, paid only when a job names a non-builtin step
+    from importlib.metadata import entry_points
+
     return {ep.name: ep.value for ep in entry_points(group="sandbox_runner.steps")}
 
 
 def canonical(name: str) -> str:
     """The registry name for ``name``; raises UnknownStepError naming the known ones."""
     name = name.strip()
-    if name in BUILTINS or name in _plugins():
+    if name in BUILTINS:
         return name
     if name in ALIASES:
         return ALIASES[name]
+    if name in _plugins():
+        return name
     known = sorted(set(BUILTINS) | set(_plugins()))
     raise UnknownStepError(f"unknown step {name!r} (known: {', '.join(known)}; HySDS names such as "
                            "'hysds.triage.triage' are accepted too)")

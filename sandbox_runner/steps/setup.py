@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from sandbox_runner.container import build_spec
 from sandbox_runner.events.documents import iso_now
+from sandbox_runner.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.runscript import render_run_script
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.workdir import WorkDir
@@ -74,11 +75,17 @@ class BuildContainer:
 
     def __init__(self, backend_for: object) -> None:
         self.backend_for = backend_for
+        #: mount policy per work root, read once (a bad file raises each time: one job-failed per job)
+        self._policies: dict[str, MountPolicy] = {}
 
     def run(self, ctx: JobContext) -> None:
         wd = ctx.workdir
         assert wd is not None
-        ctx.spec = spec = build_spec(ctx, str(wd.path))
+        root = str(ctx.work_root)
+        if root not in self._policies:
+            self._policies[root] = load_mount_policy(ctx.settings.mount_policy, env=ctx.settings.env,
+                                                     work_root=root)
+        ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
         ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
         backend_name = ctx.backend.name
         wd.write_json("_docker_params.json", {spec.image: spec.as_dict()} if spec.image else {})
