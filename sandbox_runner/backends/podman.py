@@ -6,7 +6,8 @@ here, so its process and host pid exist) -> ``inspect`` (that pid for ``io.on_st
 -> exit code; podman removes the container itself. The attach stream is podman's multiplexed format (8-byte
 header: stream id, length); a thread copies each frame's payload, and nothing else, into the stdout/stderr file
 as it arrives, so the files are byte-exact and grow while the job runs. The stream ends when the job exits; the
-same thread then reads the exit code with ``inspect`` (``wait`` is ~0.1 s slower here, see :meth:`_Follower._exited_code`).
+same thread then reads the exit code with ``inspect`` (``wait`` is ~0.1 s slower here, see
+:meth:`_Follower._exited_code`).
 
 Removal: containers are created with ``remove: true``, so conmon's exit command removes them even if the worker
 dies meanwhile, and the worker does not wait ~40 ms per job for a ``DELETE`` (benchmarks/job_overhead.py).
