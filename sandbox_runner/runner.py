@@ -115,6 +115,8 @@ class JobRunner:
                     failure = JobInterrupted(ctx.interrupt[0], ctx.interrupt[1], signum=ctx.interrupt[2])
                 if failure is not None and not (step.always and ctx.workdir is not None):
                     continue
+                if failure is not None:  # for post steps that report it (the triage bundle says why)
+                    ctx.notes.setdefault("failure", str(failure))
                 try:
                     step.run(ctx)
                 except SandboxRunnerError as exc:
