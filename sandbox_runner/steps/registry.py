@@ -45,7 +45,9 @@ ALIASES: dict[str, str] = {
 }
 
 DEFAULT_PRE = ("localize_urls", "mark_localized_datasets", "validate_checksum_files")
-DEFAULT_POST = ("publish_datasets",)
+#: triage is a default here (HySDS needs it named in the job-spec): every failed job leaves a bundle that tells why,
+#: unless its context sets ``_triage_disabled``. It does nothing for a job that exited 0.
+DEFAULT_POST = ("publish_datasets", "triage")
 
 
 @cache
