@@ -15,7 +15,7 @@ from sandbox_runner.cache import Cache
 from sandbox_runner.errors import IntegrityError, JobFormatError
 from sandbox_runner.localizer import Item, Localizer, url_basename
 from sandbox_runner.steps.base import JobContext
-from sandbox_runner.transfer import Transfers
+from sandbox_runner.transfer import Transfers, scheme_of
 from sandbox_runner.transfer.digests import file_digests, read_sidecar, sidecar_algo
 from sandbox_runner.transfer.progress import Progress
 
@@ -60,8 +60,9 @@ def plan(ctx: JobContext) -> list[Item]:
             raise JobFormatError("each entry needs a 'url' string", field=where)
         url = entry["url"]
         dest = _target(job_dir, url, entry.get("local_path"), f"{where}.local_path")
-        # HySDS: cache defaults to true; "false" strings from form submissions mean false
-        cache = entry.get("cache", True) not in (False, "false", "False", 0)
+        # HySDS: cache defaults to true; "false" strings from form submissions mean false. A file:// source is
+        # already local: caching it would only add a second copy of it
+        cache = entry.get("cache", True) not in (False, "false", "False", 0) and scheme_of(url) != "file"
         items.append(Item(url=url, dest=dest, cache=cache, job_dir=job_dir))
     return items
 

@@ -126,7 +126,8 @@ class FileTransport:
         try:
             if info.is_dir:
                 link_tree(src, dest, mode="clone")
-                return FetchResult(size=0, info=info)
+                size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(dest) for f in fs)
+                return FetchResult(size=size, info=info)
             if not algos:
                 clone_file(src, dest, on_bytes)
                 return FetchResult(size=dest.stat().st_size, info=info)
