@@ -47,6 +47,7 @@ class FileServer(ThreadingHTTPServer):
         self.root = root
         self.faults = Faults()
         self.requests: Counter[tuple[str, str]] = Counter()  # (method, path) -> count
+        self.sent: Counter[str] = Counter()  # path -> body bytes sent (a resume sends only the rest)
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -153,6 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         with target.open("rb") as fh:
             count = end - start + 1 if cut is None else max(0, min(cut - start, end - start + 1))
+            with self.server.lock:
+                self.server.sent[rel] += count
             _sendfile(self.connection, fh.fileno(), start, count)
         if cut is not None:
             # a broken connection, as a proxy or a flaky network leaves it: headers promised more bytes

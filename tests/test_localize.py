@@ -39,25 +39,29 @@ def test_http_download_lands_whole_with_metrics(make_ctx, http: FileServer) -> N
     assert metric["transfer_rate"] > 0 and metric["duration"] > 0 and metric["time_end"] >= metric["time_start"]
 
 
-def test_broken_download_resumes_with_range(make_ctx, http: FileServer) -> None:
+@pytest.mark.parametrize("cut", [3 * MiB + 17, 6 * MiB + 1])  # before and after hashing leaves the thread
+def test_broken_download_resumes_with_range(make_ctx, http: FileServer, cut: int) -> None:
     data = _payload(8 * MiB, seed=1)
-    url = http.put_file("big.bin", data)
-    http.faults.drop_after["/big.bin"] = 3 * MiB + 17
-    ctx = make_ctx([{"url": url, "cache": False}])
+    url = http.put_file("big.bin", data, sidecars=("sha256",))
+    http.faults.drop_after["/big.bin"] = cut
+    ctx = make_ctx([{"url": url, "cache": False}, {"url": url + ".sha256"}])
     localize_urls(ctx)
-    assert (ctx.job_dir / "big.bin").read_bytes() == data
+    assert (ctx.job_dir / "big.bin").read_bytes() == data  # and its streamed sha256 matched the sidecar
+    assert str(ctx.job_dir / "big.bin") in ctx.notes["localize"]["verified"]
     assert http.count("GET", "big.bin") == 2  # the cut one, then one ranged resume
+    assert http.sent["/big.bin"] == len(data)  # the resume asked only for the bytes it did not have
     assert not list(ctx.job_dir.glob(".big.bin.part-*"))
 
 
 def test_server_without_range_restarts_from_zero(make_ctx, http: FileServer) -> None:
-    data = _payload(4 * MiB, seed=2)
+    data = _payload(7 * MiB, seed=2)
     url = http.put_file("norange.bin", data, sidecars=("sha256",))
     http.faults.no_range = True
-    http.faults.drop_after["/norange.bin"] = MiB
+    http.faults.drop_after["/norange.bin"] = 5 * MiB  # the digest thread is running when the restart comes
     ctx = make_ctx([{"url": url + ".sha256"}, {"url": url}])
     localize_urls(ctx)
     assert (ctx.job_dir / "norange.bin").read_bytes() == data  # and the streamed digest matched
+    assert http.sent["/norange.bin"] == 5 * MiB + len(data)  # the whole file again after the cut
 
 
 def test_corrupt_file_fails_and_names_it(make_ctx, http: FileServer) -> None:

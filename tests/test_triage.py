@@ -96,7 +96,8 @@ def test_failed_job_is_triaged_without_secrets(tmp_path: Path, http: FileServer)
         Path(spec.workdir, "pge.log").write_text("traceback: it broke\n")
         return 3
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=pge), worker_env=[{"key": "MY_KEY", "value": "$MY_KEY"}])
+    runner, sink = _runner(tmp_path, FakeBackend(script=pge),
+                           worker_env=[{"key": "MY_KEY", "value": "s3cr3t-value-42"}])
     job = make_job("/bin/pge", localize_urls=[{"url": authed, "local_path": "in.txt"}])  # with an image
     outcome = runner.run(job)
     assert outcome.status == "job-failed" and outcome.exit_code == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import threading
 from collections.abc import Callable, Iterable
@@ -61,7 +62,16 @@ class Cancelled(TransferError):
 
 
 class FileSink:
-    """Bytes to a file and through the digests in one pass; ``truncate`` restarts (a server ignored ``Range``)."""
+    """Bytes to a file and through the digests in one pass; ``truncate`` restarts (a server ignored ``Range``).
+
+    Past the first few MiB the digests move to a helper thread, fed in order through a short queue, while the
+    receiving thread keeps writing: hashlib drops the GIL, so hashing overlaps with receiving the next chunk.
+    Measured on 2 cores (benchmarks/localize.py): inline ~590 MiB/s, this ~700 MiB/s; moving the writes to the
+    helper too was slower (~380 MiB/s, the two threads fight over the GIL). The queue bounds memory.
+    """
+
+    INLINE_BYTES = 4 << 20  # small files are not worth a thread
+    DEPTH = 16
 
     def __init__(self, path: Path, algos: Iterable[str]) -> None:
         self.path = path
@@ -70,23 +80,53 @@ class FileSink:
         self.size = 0
         # unbuffered: chunks are already large, and a Python-level buffer would only add a copy
         self._fh = open(path, "xb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._queue: queue.Queue[bytes | threading.Event | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _hash(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                self.digests.update(item)
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
-        self.digests.update(view)
         while view:
             n = self._fh.write(view)
             view = view[n:]
+        if self._queue is not None:
+            self._queue.put(chunk)
+        elif self.digests and self.size + len(chunk) > self.INLINE_BYTES:
+            self._queue = queue.Queue(self.DEPTH)
+            self._thread = threading.Thread(target=self._hash, name="digest", daemon=True)
+            self._thread.start()
+            self._queue.put(chunk)
+        else:
+            self.digests.update(chunk)
         self.size += len(chunk)
 
+    def _stop_hasher(self) -> None:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+
     def truncate(self) -> None:
+        self._stop_hasher()
         self._fh.seek(0)
         self._fh.truncate()
         self.digests = Digests(self.algos)
         self.size = 0
 
     def close(self) -> None:
-        self._fh.close()
+        """Close the file once every chunk went through the digests."""
+        if not self._closed:
+            self._closed = True
+            self._stop_hasher()
+            self._fh.close()
 
     def discard(self) -> None:
         self.close()
