@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require
 from servers import FileServer, file_server, moto_server
 
 from sandbox_runner.events import Emitter, MemorySink
@@ -76,8 +77,11 @@ def http(tmp_path: Path) -> Iterator[FileServer]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    pytest.importorskip("boto3")
-    pytest.importorskip("moto")
+    try:
+        import boto3  # noqa: F401
+        import moto  # noqa: F401
+    except ImportError:
+        require(False, "boto3 and moto[server] are not installed (the test extra has them)")
     # moto accepts any credentials; boto3 insists on having some (it reads them from the environment)
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
