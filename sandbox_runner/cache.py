@@ -59,8 +59,11 @@ class Slot:
         data = self.path / str(meta.get("name", ""))
         if not meta.get("name") or not (data.is_dir() if meta.get("is_dir") else data.is_file()):
             return None
-        if not meta.get("is_dir") and data.stat().st_size != meta.get("size"):
-            return None  # truncated or rewritten behind our back: not the bytes we verified
+        if not meta.get("is_dir"):
+            st = data.stat()
+            # truncated or written into through a job's hard link: not the bytes we verified
+            if st.st_size != meta.get("size") or st.st_mtime_ns != meta.get("mtime_ns", st.st_mtime_ns):
+                return None
         return dict(meta)
 
     def data(self, meta: dict[str, Any]) -> Path:
@@ -81,6 +84,9 @@ class Slot:
 
     def commit(self, staging: Path, meta: dict[str, Any]) -> None:
         """Make ``staging`` (holding ``meta['name']``) the entry, read-only, in one rename."""
+        data = staging / str(meta["name"])
+        if data.is_file():
+            meta["mtime_ns"] = data.stat().st_mtime_ns
         (staging / META).write_text(json.dumps(meta, sort_keys=True))
         (staging / MARKER).touch()
         _read_only(staging / str(meta["name"]))

@@ -37,6 +37,8 @@ class Faults:
     put_budget: int | None = None
     #: ignore Range headers (a server without resume support)
     no_range: bool = False
+    #: path -> [status, times]: answer GETs with that status (a sick server) that many times first
+    fail: dict[str, list[int]] = field(default_factory=dict)
 
 
 class FileServer(ThreadingHTTPServer):
@@ -123,6 +125,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         target = self._begin()
         if target is None:
+            return
+        rel_path = "/" + target.relative_to(self.server.root.resolve()).as_posix()
+        with self.server.lock:
+            failing = self.server.faults.fail.get(rel_path)
+            if failing and failing[1] > 0:
+                failing[1] -= 1
+            else:
+                failing = None
+        if failing:
+            self._reply(failing[0], b"try again later")
             return
         if not target.is_file():
             self._reply(HTTPStatus.NOT_FOUND)

@@ -83,8 +83,10 @@ def test_damaged_entry_and_crash_leftovers_heal(make_ctx, http: FileServer) -> N
     entry = cache.entry_dir(url_key(urls[0]))
     data = entry / "z.bin"
     os.chmod(data, 0o644)
-    with data.open("ab") as fh:  # someone wrote into the shared copy
+    size = data.stat().st_size
+    with data.open("r+b") as fh:  # someone wrote into the shared copy, same size
         fh.write(b"garbage")
+    assert data.stat().st_size == size
     leftover = cache.root / ".tmp" / f"{url_key(urls[0])}.deadbeef"
     leftover.mkdir(parents=True)
     (leftover / "z.bin").write_bytes(b"half a download from a crashed job")

@@ -64,6 +64,25 @@ def test_server_without_range_restarts_from_zero(make_ctx, http: FileServer) -> 
     assert http.sent["/norange.bin"] == 5 * MiB + len(data)  # the whole file again after the cut
 
 
+def test_transient_errors_are_retried_and_permanent_ones_are_not(make_ctx, http: FileServer) -> None:
+    url = http.put_file("flaky.txt", b"eventually")
+    http.faults.fail["/flaky.txt"] = [503, 2]
+    ctx = make_ctx([{"url": url}])
+    localize_urls(ctx)
+    assert (ctx.job_dir / "flaky.txt").read_bytes() == b"eventually"
+    assert http.count("GET", "flaky.txt") == 3
+    http.faults.fail["/forbidden.txt"] = [403, 99]
+    denied = make_ctx([{"url": http.url + "/forbidden.txt"}])
+    with pytest.raises(TransferError, match=r"forbidden\.txt: HTTP 403"):
+        localize_urls(denied)
+    assert http.count("GET", "forbidden.txt") == 1
+    http.faults.fail["/down.txt"] = [503, 99]
+    down = make_ctx([{"url": http.url + "/down.txt"}])  # retries 3, backoff 0.05 s (datafixtures)
+    with pytest.raises(TransferError, match=r"down\.txt failed after 4 attempts"):
+        localize_urls(down)
+    assert http.count("GET", "down.txt") == 4
+
+
 def test_corrupt_file_fails_and_names_it(make_ctx, http: FileServer) -> None:
     url = http.put_file("data/granule.h5", _payload(MiB, seed=3), sidecars=("md5",), wrong=True)
     ctx = make_ctx([{"url": url, "local_path": "in/"}, {"url": url + ".md5", "local_path": "in/"}])
