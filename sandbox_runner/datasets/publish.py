@@ -68,6 +68,19 @@ def _files(prod_dir: Path, job_dir: Path) -> Files:
     return files
 
 
+def job_context(ctx: JobContext) -> dict[str, Any]:
+    """``_context.json`` as the job left it: HySDS re-reads it after the command, so a PGE can set
+    ``_force_ingest`` (HC-331) or ``_triage_disabled``. An unreadable file leaves the context we wrote."""
+    context = dict(ctx.context)
+    try:
+        on_disk = json.loads(ctx.job_dir.joinpath("_context.json").read_text())
+    except (OSError, ValueError):
+        return context
+    if isinstance(on_disk, dict):
+        context.update(on_disk)
+    return context
+
+
 def _profile(target: PublishTarget | None) -> str | None:
     return target.s3_profile_name if target is not None else None
 
@@ -105,7 +118,8 @@ def _put_one(ctx: JobContext, put: _Put, transfers: Transfers, force: bool) -> N
     p, job_dir = put.product, ctx.job_dir
     put.start, put.t0 = iso_now(), time.monotonic()
     # as HySDS: the dataset carries the job's context, here with credentials in URLs redacted
-    (p.path / f"{p.id}.context.json").write_text(json.dumps(redact_obj(ctx.context), indent=2, sort_keys=True))
+    context = redact_obj(job_context(ctx))
+    (p.path / f"{p.id}.context.json").write_text(json.dumps(context, indent=2, sort_keys=True, default=str))
     files = _files(p.path, job_dir)
     put.size = sum(src.stat().st_size for src, _ in files)
     put.images = [rel for _, rel in files if rel.endswith("browse.png")]

@@ -6,22 +6,13 @@ carry ``.localized`` and are skipped), publishes them all or none, and writes ``
 
 from __future__ import annotations
 
-import json
-
-from sandbox_runner.datasets.publish import find_datasets, publish_products
+from sandbox_runner.datasets.publish import find_datasets, job_context, publish_products
 from sandbox_runner.steps.base import JobContext
 
 
 def wants_force(ctx: JobContext) -> bool:
     """``_force_ingest`` as the PGE left it in ``_context.json`` (HC-331), or as the job asked for it."""
-    context = dict(ctx.context)
-    try:
-        on_disk = json.loads(ctx.job_dir.joinpath("_context.json").read_text())
-        if isinstance(on_disk, dict):
-            context.update(on_disk)
-    except (OSError, ValueError):
-        pass  # a PGE that broke _context.json does not get to force anything
-    return bool(context.get("_force_ingest") or ctx.job.get("publish_overwrite_ok"))
+    return bool(job_context(ctx).get("_force_ingest") or ctx.job.get("publish_overwrite_ok"))
 
 
 def publish_datasets(ctx: JobContext) -> None:

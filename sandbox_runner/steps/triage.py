@@ -18,7 +18,7 @@ import structlog
 
 from sandbox_runner import __version__
 from sandbox_runner.datasets.bundle import Redactor, copy_tree, within
-from sandbox_runner.datasets.publish import publish_products
+from sandbox_runner.datasets.publish import job_context, publish_products
 from sandbox_runner.datasets.recognize import render
 from sandbox_runner.errors import PublishError
 from sandbox_runner.steps.base import JobContext
@@ -28,17 +28,6 @@ log = structlog.get_logger("sandbox_runner")
 DEFAULT_ID_FORMAT = "triaged_job-{job_id}_task-{job[task_id]}"
 _TRIAGED = re.compile(r"^triaged_job-(?P<job_id>.+)_task-")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:+=@,-]")
-
-
-def _context(ctx: JobContext) -> dict[str, Any]:
-    """The context as the job left it (a PGE may set ``_triage_disabled`` or add globs)."""
-    merged = dict(ctx.context)
-    try:
-        on_disk = json.loads(ctx.job_dir.joinpath("_context.json").read_text())
-        merged.update(on_disk if isinstance(on_disk, dict) else {})
-    except (OSError, ValueError):
-        pass
-    return merged
 
 
 def triage_id(ctx: JobContext, context: dict[str, Any]) -> str:
@@ -109,7 +98,7 @@ def build_bundle(ctx: JobContext, context: dict[str, Any]) -> tuple[str, list[st
 def triage(ctx: JobContext) -> None:
     if ctx.job_info.get("status") == 0:
         return
-    context = _context(ctx)
+    context = job_context(ctx)
     if context.get("_triage_disabled"):
         return
     tid, _ = build_bundle(ctx, context)
