@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import make_job
 from datafixtures import events
 from servers import FileServer
@@ -16,6 +17,7 @@ from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.datasets import bundle
 from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.models import load_job_spec
+from sandbox_runner.redact import redact_text, redact_url
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
 from sandbox_runner.steps import localize, publish, registry
@@ -199,3 +201,15 @@ def test_default_post_steps_include_triage() -> None:
 def test_sha256_of_sidecar_matches_servers_helper(http: FileServer) -> None:
     http.put_file("s.bin", b"abc", sidecars=("sha256",))
     assert (http.root / "s.bin.sha256").read_text().split()[0] == hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://alice:hunter2@h/x", "https://alice:REDACTED@h/x"),
+    ("https://ghp_token123@github.com/o/r", "https://REDACTED@github.com/o/r"),
+    ("s3://b/k?X-Amz-Signature=abc&X-Amz-Credential=AKIA%2F1&part=2",
+     "s3://b/k?X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED&part=2"),
+    ("http://h/plain?x=1", "http://h/plain?x=1"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_text(f"fetching {url} now") == f"fetching {shown} now"

@@ -7,6 +7,7 @@ zero instead of splicing two versions. Attempts that made progress do not count 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,7 +31,9 @@ from sandbox_runner.transfer.base import (
 
 # httpcore reads 64 KiB per recv(); every read runs through h11's Python state machine, which caps a single
 # stream at a few hundred MiB/s. 1 MiB reads cut that per-byte overhead ~4x (only ever raised, never lowered).
-_h11.HTTP11Connection.READ_NUM_BYTES = max(_h11.HTTP11Connection.READ_NUM_BYTES, 1 << 20)
+# A private attribute: a future httpcore without it is slower, not broken.
+with contextlib.suppress(AttributeError):
+    _h11.HTTP11Connection.READ_NUM_BYTES = max(_h11.HTTP11Connection.READ_NUM_BYTES, 1 << 20)
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
