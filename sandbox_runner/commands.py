@@ -105,7 +105,8 @@ def events_show(args: argparse.Namespace, settings: Settings) -> int:
     count = 0
     for record in records:
         doc = record.get("doc", record)
-        job_id = doc.get("job_id") or (doc.get("job") or {}).get("job_id")
+        event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+        job_id = doc.get("job_id") or (doc.get("job") or {}).get("job_id") or event.get("job_id")
         if args.job_id and job_id != args.job_id:
             continue
         print(json.dumps(doc, default=str) if args.json else _line(doc))

@@ -9,7 +9,6 @@ mount policy; ``runtime_options`` string values are ``$VAR``-expanded; ``gpus`` 
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -37,6 +36,15 @@ def _mappings(ctx: JobContext) -> dict[str, Any]:
     return dict(ctx.job.get("container_mappings") or {})
 
 
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """``$VAR`` / ``${VAR}`` from the settings' environment (captured once at the edge, never ``os.environ``
+    later); an unknown variable stays literal, as ``os.path.expandvars`` and so HySDS leave it."""
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
+
+
 def _runtime_options(ctx: JobContext, env: Mapping[str, str]) -> dict[str, Any]:
     wc = ctx.work_cfg
     opts: dict[str, Any] = dict(ctx.job.get("runtime_options") or {})
@@ -44,7 +52,7 @@ def _runtime_options(ctx: JobContext, env: Mapping[str, str]) -> dict[str, Any]:
         opts = dict(getattr(wc, "runtime_options", None) or {})
     if "gpus" in opts and env.get("HYSDS_GPU_AVAILABLE", "0") in ("", "0"):
         opts.pop("gpus")
-    return {k: (os.path.expandvars(v) if isinstance(v, str) else v) for k, v in opts.items()}
+    return {k: (expand(v, env) if isinstance(v, str) else v) for k, v in opts.items()}
 
 
 def command_env(ctx: JobContext) -> dict[str, str]:
@@ -54,7 +62,7 @@ def command_env(ctx: JobContext) -> dict[str, str]:
     for entry in getattr(command, "env", None) or []:
         key = entry["key"] if isinstance(entry, dict) else entry.key
         value = entry["value"] if isinstance(entry, dict) else entry.value
-        env[str(key)] = os.path.expandvars(str(value))
+        env[str(key)] = expand(str(value), ctx.settings.env)
     return env
 
 
@@ -97,7 +105,7 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
     return ContainerSpec(
         name=container_name(str(ctx.job.get("job_id"))),
         image=image,
-        image_url=os.path.expandvars(image_url) if image_url else None,
+        image_url=expand(image_url, env) if image_url else None,
         argv=tuple(ctx.argv),
         workdir=job_dir,
         env=command_env(ctx),

@@ -194,3 +194,17 @@ def test_dry_run_plans_without_side_effects(tmp_path: Path) -> None:
     assert spec.argv == ("/bin/echo", "hi") and spec.network == "none"
     assert spec.labels["sandbox_runner.job_id"].startswith("sr_test-")
     assert sink.docs() == [] and backend.calls == [] and not (tmp_path / "work" / "jobs").exists()
+
+
+def test_vars_expand_from_the_settings_environment_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONLY_IN_OS_ENVIRON", "leaked")
+    cfg = tmp_path / "worker.json"
+    env = [{"key": "A", "value": "$SITE_DIR/x"}, {"key": "B", "value": "$ONLY_IN_OS_ENVIRON"}]
+    cfg.write_text(json.dumps({"configs": [{"type": "sr_test", "command": {"path": "/bin/true", "env": env}}]}))
+    backend = FakeBackend()
+    runner, _ = _runner(tmp_path, backend, HYSDS_WORKER_CFG=str(cfg), SITE_DIR="/site")
+    job = make_job("/bin/true", runtime_options={"shm_size": "${SITE_DIR}"})
+    assert runner.run(job).ok
+    spec = backend.calls[0]
+    assert dict(spec.env) == {"A": "/site/x", "B": "$ONLY_IN_OS_ENVIRON"}
+    assert spec.runtime_options["shm_size"] == "/site"
