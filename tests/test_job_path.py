@@ -257,3 +257,13 @@ def test_stand_alone_script_with_hysds_env(worker: Worker, shared_dir: Path, wor
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = list((work_root / "jobs").rglob("_stdout.txt"))
     assert len(out) == 1 and out[0].read_text() == "from the worker config\n"
+
+
+def test_doctor_reports_a_healthy_rootless_node_and_what_to_fix(podman_ready: Worker) -> None:
+    ok = podman_ready.run(["sandbox-runner", "doctor"])
+    assert ok.returncode == 0, ok.stdout
+    assert "ok   podman API socket" in ok.stdout and "ok   subuid/subgid" in ok.stdout
+    bad = podman_ready.run(["sandbox-runner", "doctor"],
+                           env=podman_ready.env(SANDBOX_RUNNER_PODMAN_SOCKET="unix:///tmp/sr-no-such.sock"))
+    assert "warn podman API socket  unix:///tmp/sr-no-such.sock: no podman service answers" in bad.stdout
+    assert "fix: podman --runtime runc system service" in bad.stdout and "Traceback" not in bad.stderr
