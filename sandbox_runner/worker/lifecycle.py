@@ -158,6 +158,7 @@ def shutdown(**_: Any) -> None:
     if heart is None or service is None:
         return
     heart.stop()
+    heart.join(timeout=10)  # a beat still being sent must not land after the goodbye
     heart.send("worker-offline")
     service.close()
     service.emitter.close()
