@@ -74,9 +74,6 @@ def through_worker(app: Any, queue: str, n: int) -> tuple[float, list[dict[str, 
     pending = [app.send_task("hysds.job_worker.run_job", args=[job(i)], queue=queue) for i in range(n)]
     results = [r.get(timeout=600) for r in pending]
     elapsed = time.perf_counter() - t0
-    bad = [r for r in results if r["status"] != "job-completed"]
-    if bad:
-        sys.exit(f"{len(bad)} jobs did not complete, e.g. {bad[0]}")
     return elapsed, results
 
 
@@ -151,7 +148,8 @@ def main() -> None:
             worker.wait(timeout=60)
             redis.Redis.from_url(args.redis).delete(key)
     per_min = {name: args.n / t * 60 for name, t in (("ours", ours), ("remote", t_remote), ("local", t_local))}
-    overhead = sorted(r["worker_overhead"] * 1000 for r in results)
+    overhead = sorted(r["worker_overhead"] * 1000 for r in results if r["status"] == "job-completed")
+    bad = [r for r in results if r["status"] != "job-completed"]
     print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}, {os.uname().release}; n={args.n}, "
           f"concurrency={args.c}, {args.rounds} interleaved rounds; user={pwd.getpwuid(os.getuid()).pw_name}")
     print(f"sandbox-runner worker (Celery+podman API) {ours:7.2f} s  {per_min['ours']:7.1f} jobs/min")
@@ -163,7 +161,9 @@ def main() -> None:
           f"p90 {overhead[int(0.9 * (len(overhead) - 1))]:.1f} ms, max {overhead[-1]:.1f} ms (target median < 30 ms)")
     print(f"  of it, the JobRunner's own (job_info.metrics.worker_overhead): median "
           f"{statistics.median(runner_only):.1f} ms; the rest is the task around it (guard, lease, result dict)")
-    print(json.dumps({"jobs_per_min": per_min, "overhead_ms_median": statistics.median(overhead)}))
+    if bad:  # counted, not hidden: a failed job is cheaper than a completed one and flatters the rate
+        print(f"!! {len(bad)} of {len(results)} jobs did not complete, e.g.: {bad[0]['error']}")
+    print(json.dumps({"failed": len(bad), "jobs_per_min": per_min, "overhead_ms_median": statistics.median(overhead)}))
 
 
 if __name__ == "__main__":
