@@ -82,6 +82,7 @@ class WorkerProc:
     run_dir: Path
     instance: int = 1
     concurrency: int = 1
+    plain_celery: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
     pidfile: Path = field(init=False)
@@ -103,6 +104,10 @@ class WorkerProc:
         out.flush()
         argv = ["sandbox-runner", "worker", "-Q", self.queue, "-c", str(self.concurrency), "-i", str(self.instance),
                 "--pidfile", str(self.pidfile)]
+        if self.plain_celery:  # what an operator may run instead: Celery's own command line, our app
+            argv = ["celery", "-A", "sandbox_runner.celery_app", "worker", "-Q", self.queue, "-c",
+                    str(self.concurrency), "-n", f"{self.queue}.{self.instance:02d}.%h", "--pidfile", str(self.pidfile),
+                    "--loglevel", "INFO"]
         cmd = ["runuser", "-u", self.user.name, "--", "env", "-i", *[f"{k}={v}" for k, v in self.env.items()], *argv]
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd="/")
         out.close()

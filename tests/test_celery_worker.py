@@ -57,6 +57,19 @@ def test_jobs_run_under_both_task_names_rabbitmq(start_worker, rabbit_url: str, 
 
 
 
+def test_plain_celery_command_line_works_the_same(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                  redis_url: str, status_key: str) -> None:
+    w = start_worker(rabbit_url, plain_celery=True, instance=4)
+    job = make_job("echo plain celery")
+    result = send(rabbit_url, redis_url, w.queue, job).get(timeout=90)
+    assert result["status"] == "job-completed" and result["celery_hostname"] == w.name
+    online = next(d for d in read_status_list(redis_url, status_key) if d.get("status") == "worker-online")
+    assert online["celery_hostname"] == w.name and online["worker_instance"] == 4
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=60) == 0
+    assert read_status_list(redis_url, status_key)[-1]["status"] == "worker-offline"
+
+
 def test_jobs_run_under_both_task_names_redis_broker(start_worker, own_redis: OwnRedis, redis_url: str,
                                                      status_key: str) -> None:
     w = start_worker(own_redis.url)
