@@ -26,7 +26,7 @@ from sandbox_runner.steps.triage import triage
 
 pytest_plugins = ["datafixtures"]
 
-OPERA_SPEC = Path(__file__).resolve().parents[2] / "shared/reference/hysds-examples/job-spec.json.SCIFLO_L3_DSWx_HLS"
+OPERA_SPEC = Path(__file__).resolve().parent / "fixtures/hysds-examples/job-spec.json.SCIFLO_L3_DSWx_HLS"
 SECRETS = ("hunter2", "s3cr3t-value-42", "deadbeefsig", "AKIAEXAMPLEKEY")
 
 
