@@ -170,6 +170,7 @@ def test_sigkill_mid_job_then_restart_gives_one_job_offline(start_worker, podman
     wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
     jd = Path(offline["job"]["job_info"]["job_dir"])
     assert (jd / ".done").exists() and not (jd / ".running").exists()
+    assert (jd / "_exit_code").exists(), w.text()[-4000:]
     assert int((jd / "_exit_code").read_text()) in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
 
     def redelivery() -> dict[str, Any] | None:

@@ -60,6 +60,20 @@ def _limits_unenforced() -> bool:
     return os.getuid() != 0 and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
 
+def died_exit_code(api: PodmanAPI, cid: str) -> int | None:
+    """The exit code podman recorded in the container's ``died`` event: still there after auto-removal."""
+    filters = json.dumps({"container": [cid], "event": ["died"]})
+    resp = api.open("GET", "/events", params={"stream": False, "filters": filters}, what="events")
+    try:
+        for line in resp.read().splitlines():
+            attrs = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
+            if "containerExitCode" in attrs:
+                return int(attrs["containerExitCode"])
+    finally:
+        resp.close()
+    return None
+
+
 class _Follower(threading.Thread):
     """Copies the attach stream into the output files, then asks for the exit code (or the error)."""
 
@@ -106,16 +120,10 @@ class _Follower(threading.Thread):
         return None
 
     def _died_event_code(self) -> int:
-        filters = json.dumps({"container": [self.cid], "event": ["died"]})
-        resp = self.api.open("GET", "/events", params={"stream": False, "filters": filters}, what="events")
-        try:
-            for line in resp.read().splitlines():
-                attrs = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
-                if "containerExitCode" in attrs:
-                    return int(attrs["containerExitCode"])
-        finally:
-            resp.close()
-        raise BackendError(f"container {self.cid[:12]} was removed before its exit code could be read")
+        code = died_exit_code(self.api, self.cid)
+        if code is None:
+            raise BackendError(f"container {self.cid[:12]} was removed before its exit code could be read")
+        return code
 
     def run(self) -> None:
         try:

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from sandbox_runner.backends.podman_api import APIError, PodmanAPI
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.jobdirs import iter_job_paths, lock_held
@@ -49,7 +50,6 @@ class Reconciled:
 
 
 def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Reconciled) -> None:
-    from sandbox_runner.backends.podman_api import PodmanAPI
     from sandbox_runner.backends.podman_service import default_socket_url
     from sandbox_runner.errors import BackendError
 
@@ -71,11 +71,19 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
         try:
             if info.get("State") == "running":
                 log.warning("orphan-container-stopping", container=cid, job_dir=job_dir, grace=grace)
-                api.call("POST", f"/containers/{cid}/stop", params={"timeout": grace}, timeout=grace + 30)
-            state = (api.call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
-            if job_dir and state.get("ExitCode") is not None:
-                exit_codes[job_dir] = int(state["ExitCode"])
-            api.call("DELETE", f"/containers/{cid}", params={"force": True, "v": True})
+                try:
+                    api.call("POST", f"/containers/{cid}/stop", params={"timeout": grace}, timeout=grace + 30)
+                except APIError as exc:
+                    if exc.status not in (304, 404):  # it ended (and may be auto-removed) meanwhile
+                        raise
+            code = _exit_code(api, cid)
+            if job_dir and code is not None:
+                exit_codes[job_dir] = code
+            try:
+                api.call("DELETE", f"/containers/{cid}", params={"force": True, "v": True})
+            except APIError as exc:
+                if exc.status != 404:  # 404: podman's own auto-removal got there first
+                    raise
             result.containers.append(cid)
         except BackendError as exc:
             log.error("orphan-container-not-removed", container=cid, error=str(exc))
@@ -83,6 +91,19 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
     # all at once: each stop may take the whole grace period, and the worker takes no job until they are done
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(found)))) as pool:
         list(pool.map(reap, found))
+
+
+def _exit_code(api: PodmanAPI, cid: str) -> int | None:
+    """From inspect, or, once podman has auto-removed the stopped container, from its ``died`` event."""
+    from sandbox_runner.backends.podman import died_exit_code
+
+    try:
+        state = (api.call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
+    except APIError as exc:
+        if exc.status != 404:
+            raise
+        return died_exit_code(api, cid)
+    return int(state["ExitCode"]) if state.get("ExitCode") is not None else None
 
 
 def _claim(path: str) -> int | None:
