@@ -116,7 +116,7 @@ class _Follower(threading.Thread):
             try:
                 state = self.api.call("GET", f"/containers/{self.cid}/json", what="inspect").get("State") or {}
             except APIError as exc:
-                if exc.status == 404:  # auto-removed already: its died event still knows the exit code
+                if exc.gone:  # auto-removed already: its died event still knows the exit code
                     return self._died_event_code()
                 raise
             if state.get("Status") in ("stopped", "exited"):
@@ -287,7 +287,7 @@ class PodmanBackend:
         try:
             self.api.call("POST", f"/containers/{cid}/stop", params={"timeout": grace}, timeout=grace + 30)
         except APIError as exc:
-            if exc.status not in (304, 404):  # already stopped / gone: nothing to do
+            if exc.status != 304 and not exc.gone:  # already stopped / gone: nothing to do
                 log.warning("container-stop-failed", container=cid, error=exc.message)
         except BackendError as exc:
             log.warning("container-stop-failed", container=cid, error=str(exc))
@@ -296,7 +296,7 @@ class PodmanBackend:
         try:
             self.api.call("DELETE", f"/containers/{cid}", params={"force": True, "v": True}, what="remove")
         except APIError as exc:
-            if exc.status != 404:
+            if not exc.gone:
                 log.warning("container-not-removed", container=cid, error=exc.message)
         except BackendError as exc:
             log.warning("container-not-removed", container=cid, error=str(exc))

@@ -45,6 +45,12 @@ class APIError(BackendError):
         self.message = message
         super().__init__(f"podman {what}: {message} (HTTP {status})")
 
+    @property
+    def gone(self) -> bool:
+        """The container no longer exists. podman 4.3 says so with a 404, or, when it is removed while the
+        request runs, with a 500 "no such container"."""
+        return self.status == 404 or "no such container" in self.message
+
 
 def socket_path(url: str) -> str | None:
     """The filesystem path of a ``unix://`` URL (also HySDS's ``unix:/path`` and a bare path), else None."""

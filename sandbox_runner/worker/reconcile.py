@@ -74,7 +74,7 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
                 try:
                     api.call("POST", f"/containers/{cid}/stop", params={"timeout": grace}, timeout=grace + 30)
                 except APIError as exc:
-                    if exc.status not in (304, 404):  # it ended (and may be auto-removed) meanwhile
+                    if exc.status != 304 and not exc.gone:  # it ended (and may be auto-removed) meanwhile
                         raise
             code = _exit_code(api, cid)
             if job_dir and code is not None:
@@ -82,7 +82,7 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
             try:
                 api.call("DELETE", f"/containers/{cid}", params={"force": True, "v": True})
             except APIError as exc:
-                if exc.status != 404:  # 404: podman's own auto-removal got there first
+                if not exc.gone:  # podman's own auto-removal got there first
                     raise
             result.containers.append(cid)
         except BackendError as exc:
@@ -100,7 +100,7 @@ def _exit_code(api: PodmanAPI, cid: str) -> int | None:
     try:
         state = (api.call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
     except APIError as exc:
-        if exc.status != 404:
+        if not exc.gone:
             raise
         return died_exit_code(api, cid)
     return int(state["ExitCode"]) if state.get("ExitCode") is not None else None
