@@ -23,13 +23,15 @@ rootless namespace, where container root is the worker. See :func:`.podman_spec.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,6 +63,7 @@ def _limits_unenforced() -> bool:
 
 
 KEEPID_RACE = "keep-id requires additional UIDs or GIDs"
+_CREATE_THREADS = threading.Lock()
 START_FAILED = "could not start the job's container: "
 
 
@@ -200,11 +203,36 @@ class PodmanBackend:
         raise AssertionError("unreachable")
 
     # --- steps ------------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _create_lock(self) -> Iterator[None]:
+        """One keep-id create at a time per service, across threads and worker processes.
+
+        podman 4.3.1 reads the subuid ranges for keep-id through libsubid, which is not thread-safe: concurrent
+        creates fail with "keep-id requires additional UIDs or GIDs" or crash the whole API service (SIGSEGV in
+        subid_get_uid_ranges, seen at concurrency 2). A create takes ~15 ms, so queueing them costs little.
+        """
+        sock = socket_path(self.socket_url)
+        with _CREATE_THREADS:
+            if sock is None:
+                yield
+                return
+            try:
+                fd = os.open(f"{sock}.create.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:  # a socket dir we cannot write: the thread lock still covers this process
+                yield
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
     def _create(self, body: dict[str, Any], spec: ContainerSpec) -> str:
         tried: set[str] = set()  # each remedy at most once
         while True:
             try:
-                return str(self.api.call("POST", "/containers/create", body=body, what="create")["Id"])
+                with self._create_lock():
+                    return str(self.api.call("POST", "/containers/create", body=body, what="create")["Id"])
             except ServiceUnreachable:
                 if "service" in tried or not self.start_service:
                     raise
