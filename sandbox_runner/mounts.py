@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -21,6 +20,7 @@ from typing import Any, cast
 
 from sandbox_runner.backends.base import Mount, MountMode
 from sandbox_runner.errors import ConfigError, MountPolicyError
+from sandbox_runner.policyfile import read_policy
 
 #: Refused whatever the policy file says: talking to the engine is a way out of any sandbox.
 ENGINE_SOCKET_PATTERNS: tuple[str, ...] = (
@@ -141,21 +141,7 @@ class MountPolicy:
 
 def load_mount_policy(path: str | Path | None, *, env: Mapping[str, str], work_root: str) -> MountPolicy:
     """Read a policy file (None: the shipped default); ``$WORK_ROOT`` expands to ``work_root``."""
-    if path is None:
-        from importlib import resources  # only for the shipped default
-
-        ref = resources.files("sandbox_runner").joinpath("policies/mounts.toml")
-        source, text = "sandbox_runner/policies/mounts.toml", ref.read_text(encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot read mount policy: {e.strerror}", source=source) from e
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}", source=source) from e
+    source, doc = read_policy(path, "mounts.toml", "mount policy")
     unknown = sorted(set(doc) - {"allow", "deny", "default_mode"})
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}; expected allow, deny, default_mode", source=source)

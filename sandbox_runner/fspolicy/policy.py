@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox_runner.errors import ConfigError, JobFormatError
+from sandbox_runner.policyfile import read_policy
 from sandbox_runner.units import parse_size
 
 RUNGS = ("succeeded", "failed", "quarantine", "cache")
@@ -159,19 +159,5 @@ def policy_from_dict(doc: Mapping[str, Any], source: str = "<inline>") -> FsPoli
 
 def load_fs_policy(path: str | Path | None = None) -> FsPolicy:
     """Read a policy file; None reads the one shipped in the package (``sandbox_runner/policies/``)."""
-    if path is None:
-        from importlib import resources  # only for the shipped default
-
-        ref = resources.files("sandbox_runner").joinpath("policies/filesystem.toml")
-        source, text = "sandbox_runner/policies/filesystem.toml", ref.read_text(encoding="utf-8")
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read filesystem policy: {exc.strerror}", source=source) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+    source, doc = read_policy(path, "filesystem.toml", "filesystem policy")
     return policy_from_dict(doc, source)
