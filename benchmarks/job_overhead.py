@@ -24,21 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGE = "localhost/sandbox-runner/busybox:latest"
-USER = "srunner"
-
-
-def as_worker() -> None:
-    """Re-run this script as the unprivileged user: the worker is rootless, so is its benchmark."""
-    if os.getuid() != 0:
-        return
-    pw = pwd.getpwnam(USER)
-    env = {"HOME": pw.pw_dir, "PATH": f"{REPO}/.venv/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": f"/run/user/{pw.pw_uid}",
-           "LANG": "C.UTF-8"}
-    argv = ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-            f"{REPO}/.venv/bin/python", *sys.argv]
-    os.execvp("runuser", argv)
+from _rootless import IMAGE, REPO, as_worker
 
 
 def job_json(work: Path) -> Path:
