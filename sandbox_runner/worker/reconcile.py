@@ -95,7 +95,7 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
 
 def _exit_code(api: PodmanAPI, cid: str) -> int | None:
     """From inspect, or, once podman has auto-removed the stopped container, from its ``died`` event."""
-    from sandbox_runner.backends.podman import died_exit_code
+    from sandbox_runner.backends.podman_follow import died_exit_code
 
     try:
         state = (api.call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
