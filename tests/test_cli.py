@@ -1,0 +1,46 @@
+"""The command line as a user meets it: ``sandbox-runner validate`` over real HySDS files and broken ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import VENV_BIN, require
+
+EXAMPLES = Path(__file__).parent / "fixtures" / "hysds-examples"
+
+
+def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
+    require((VENV_BIN / "sandbox-runner").exists(), ".venv with sandbox-runner missing (run `make setup`)")
+    return subprocess.run([str(VENV_BIN / "sandbox-runner"), "validate", *map(str, paths)], capture_output=True,
+                          text=True, check=False, timeout=60)
+
+
+def test_every_real_hysds_file_is_valid_and_its_kind_named() -> None:
+    files = sorted(EXAMPLES.iterdir())
+    proc = validate(*files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(files)
+    kinds = {"job-spec.json.": "job-spec", "hysds-io.json.": "hysds-io", "job.json.": "job",
+             "worker-config.json.": "worker-config"}
+    for path, line in zip(files, lines, strict=True):
+        kind = next(k for prefix, k in kinds.items() if path.name.startswith(prefix))
+        assert line == f"{path}: {kind}: valid"
+
+
+def test_an_invalid_file_names_the_field_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    spec = json.loads((EXAMPLES / "job-spec.json.valid").read_text())
+    spec["params"][0]["destination"] = "nowhere"
+    bad = tmp_path / "job-spec.json.broken"
+    bad.write_text(json.dumps(spec))
+    garbage = tmp_path / "job.json.garbage"
+    garbage.write_text('{"job_id": ')
+    proc = validate(EXAMPLES / "job.json.minimal-echo", bad, garbage)
+    assert proc.returncode == 2
+    out = proc.stdout.splitlines()
+    assert out[0].endswith("job: valid")
+    assert out[1].startswith(f"{bad}: job-spec: invalid: ") and "params[0].destination" in out[1]
+    assert out[2].startswith(f"{garbage}: ") and "not valid JSON" in out[2]
+    assert "Traceback" not in proc.stdout + proc.stderr
