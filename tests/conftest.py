@@ -113,6 +113,17 @@ def work_root(shared_dir: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[Path]:
+    """A work root on a real 20 MiB, 2000-inode tmpfs (the filesystem-policy tests fill it up)."""
+    from fsjobs import tmpfs  # imported here: fsjobs imports this module
+
+    with tmpfs(tmp_path / "mnt") as mnt:
+        root = mnt / "work"
+        root.mkdir()
+        yield root
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis

@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import REPO, make_job
-from fsjobs import tmpfs
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
@@ -42,14 +40,6 @@ print("ADMITTED", flush=True)
 sys.stdin.read()
 r.release()
 """
-
-
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "mnt") as mnt:
-        root = mnt / "work"
-        root.mkdir()
-        yield root
 
 
 def _headroom(root: Path) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fsjobs import PAGE, fill, free_bytes, make_job_dir, tmpfs
+from fsjobs import PAGE, fill, free_bytes, make_job_dir
 
 from sandbox_runner.cache import url_key
 from sandbox_runner.errors import DiskSpaceError
@@ -21,14 +21,6 @@ from sandbox_runner.fspolicy.ladder import Scrubber
 MiB = 1 << 20
 POLICY = FsPolicy(space_percent=10.0, inodes_percent=5.0, job_inodes=10, succeeded_retention=0,
                   failed_retention=3 * 86400, crashed_grace=3600, quarantine_ttl=86400)
-
-
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "mnt") as mnt:
-        root = mnt / "work"
-        root.mkdir()
-        yield root
 
 
 @pytest.fixture

@@ -6,26 +6,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import REPO
-from fsjobs import make_job_dir, tmpfs
+from fsjobs import make_job_dir
 
 from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.fspolicy import FsPolicy, PeriodicScrubber
 from sandbox_runner.fspolicy.quarantine import entry_name
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "mnt") as mnt:
-        root = mnt / "work"
-        root.mkdir()
-        yield root
 
 
 def _quarantined(root: Path, name: str, age: float) -> Path:
