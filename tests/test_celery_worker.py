@@ -38,6 +38,16 @@ def wait_status(redis_url: str, key: str, task_id: str, status: str, timeout: fl
     return dict(wait_for(found, timeout, what=f"{status} for {task_id}"))
 
 
+def start_sleeping_job(w: Any, user: Worker, broker: str, redis_url: str, key: str) -> tuple[dict[str, Any], str]:
+    """A ``sleep 600`` job sent to worker ``w``, once it has started and its container runs; and its label."""
+    job = make_job("sleep 600")
+    send(broker, redis_url, w.queue, job)
+    wait_status(redis_url, key, job["task_id"], "job-started")
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(user, label)), 30, what="container")
+    return job, label
+
+
 @pytest.mark.parametrize("task_name", TASK_NAMES)
 def test_jobs_run_under_both_task_names_rabbitmq(start_worker, rabbit_url: str, redis_url: str,
                                                  status_key: str, task_name: str) -> None:
@@ -96,11 +106,7 @@ def test_queue_priorities_order_the_jobs(start_worker, rabbit_url: str, redis_ur
 def test_revoking_a_running_job_stops_its_container(start_worker, podman_ready: Worker, rabbit_url: str,
                                                     redis_url: str, status_key: str) -> None:
     w = start_worker(rabbit_url)
-    job = make_job("sleep 600")
-    send(rabbit_url, redis_url, w.queue, job)
-    wait_status(redis_url, status_key, job["task_id"], "job-started")
-    label = f"sandbox_runner.task_id={job['task_id']}"
-    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    job, label = start_sleeping_job(w, podman_ready, rabbit_url, redis_url, status_key)
     t0 = time.monotonic()
     client(rabbit_url, redis_url).control.revoke(job["task_id"], terminate=True)
     doc = wait_status(redis_url, status_key, job["task_id"], "job-revoked", timeout=30)
@@ -134,11 +140,7 @@ def test_a_job_revoked_before_delivery_is_not_run(start_worker, rabbit_url: str,
 def test_a_signal_mid_job_stops_it_once_and_the_worker_warm(start_worker, podman_ready: Worker, rabbit_url: str,
                                                             redis_url: str, status_key: str, sig: int) -> None:
     w = start_worker(rabbit_url)
-    job = make_job("sleep 600")
-    send(rabbit_url, redis_url, w.queue, job)
-    wait_status(redis_url, status_key, job["task_id"], "job-started")
-    label = f"sandbox_runner.task_id={job['task_id']}"
-    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    job, label = start_sleeping_job(w, podman_ready, rabbit_url, redis_url, status_key)
     w.signal(sig)
     assert w.wait(timeout=60) == 0, w.text()[-3000:]
     expected = {signal.SIGTERM: "job-terminated", signal.SIGINT: "job-interrupted", signal.SIGHUP: "job-hangup",
@@ -157,11 +159,7 @@ def test_a_signal_mid_job_stops_it_once_and_the_worker_warm(start_worker, podman
 def test_sigkill_mid_job_then_restart_gives_one_job_offline(start_worker, podman_ready: Worker, rabbit_url: str,
                                                             redis_url: str, status_key: str) -> None:
     w = start_worker(rabbit_url)
-    job = make_job("sleep 600")
-    send(rabbit_url, redis_url, w.queue, job)
-    wait_status(redis_url, status_key, job["task_id"], "job-started")
-    label = f"sandbox_runner.task_id={job['task_id']}"
-    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30, what="container")
+    job, label = start_sleeping_job(w, podman_ready, rabbit_url, redis_url, status_key)
     w.signal(signal.SIGKILL)
     w.wait(timeout=30)
     assert any(c["State"] == "running" for c in containers(podman_ready, label)), "conmon keeps it running"
