@@ -62,6 +62,15 @@ def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
     return PodmanBackend(settings.podman_socket, worker=settings.worker_name)
 
 
+def default_steps(backend_for: BackendFactory = default_backend_for) -> list[Step]:
+    """The job pipeline. Steps keep what they read once (filesystem and mount policies): a worker that makes
+    one runner per job passes the same steps to each, so those files are not re-read for every job."""
+    return [
+        ResolveJob(), AdmitDisk(), CreateWorkDir(), BuildContainer(backend_for), AnnounceStart(),
+        PreProcess(), RunCommand(), PostProcess(),
+    ]
+
+
 def decode_job(raw: dict[str, Any] | bytes | str) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
@@ -85,10 +94,7 @@ class JobRunner:
     ) -> None:
         self.settings = settings
         self.emitter = emitter
-        self.steps: list[Step] = list(steps) if steps is not None else [
-            ResolveJob(), AdmitDisk(), CreateWorkDir(), BuildContainer(backend_for), AnnounceStart(),
-            PreProcess(), RunCommand(), PostProcess(),
-        ]
+        self.steps: list[Step] = list(steps) if steps is not None else default_steps(backend_for)
         self._current: JobContext | None = None
         self._pending: tuple[str, str, int | None] | None = None
         self._lock = threading.Lock()

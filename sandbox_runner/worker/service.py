@@ -22,7 +22,14 @@ import structlog
 from sandbox_runner.errors import JobFormatError
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
-from sandbox_runner.runner import BackendFactory, JobOutcome, JobRunner, decode_job, default_backend_for
+from sandbox_runner.runner import (
+    BackendFactory,
+    JobOutcome,
+    JobRunner,
+    decode_job,
+    default_backend_for,
+    default_steps,
+)
 from sandbox_runner.settings import Settings
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.steps.execute import PostProcess
@@ -78,7 +85,8 @@ class WorkerService:
                  backend_for: BackendFactory = default_backend_for) -> None:
         self.settings, self.emitter, self.guard = settings, emitter, guard
         self.on_drain = on_drain
-        self.backend_for = backend_for
+        #: shared by every job's runner (each gets its own list): the policies they read are read once
+        self._steps = default_steps(backend_for)
         self.drain = DrainGuard(settings.drain_threshold, settings.drain_window)
         self.processed = 0
         self._active: dict[str, _Active] = {}
@@ -108,7 +116,7 @@ class WorkerService:
         admission = self.guard.admit(task.task_id) if self.guard is not None else Admission(True, "unguarded")
         if not admission.run:
             return self._skip(job, admission)
-        runner = JobRunner(self.settings, self.emitter, backend_for=self.backend_for)
+        runner = JobRunner(self.settings, self.emitter, steps=self._steps)
         if admission.lease is not None:
             at = next(i for i, s in enumerate(runner.steps) if isinstance(s, PostProcess))
             runner.steps.insert(at, FenceCheck(admission.lease))
