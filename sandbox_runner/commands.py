@@ -21,7 +21,7 @@ def _read_job(path: Path) -> bytes:
 
 def run_job(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_runner.errors import JobFormatError
-    from sandbox_runner.events import Emitter, open_sink
+    from sandbox_runner.events import Emitter
     from sandbox_runner.runner import JobRunner
 
     settings = settings.with_overrides(work_root=args.work_root, backend=args.backend, redis_url=args.redis_url,
@@ -31,9 +31,8 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         raise JobFormatError(f"cannot read job file {args.job}: {exc.strerror}") from None
     work_root = settings.work_root or settings.default_work_root
-    sink = open_sink(settings.redis_url, work_root, spool_dir=settings.event_spool_dir, source=settings.worker_name)
-    emitter = Emitter(sink, hostname=settings.worker_name, status_key=settings.status_key,
-                      job_info_key=settings.job_info_key, status_expires=settings.status_expires)
+    emitter = Emitter.from_settings(settings, work_root)
+    sink = emitter.sink
     runner = JobRunner(settings, emitter)
     if args.dry_run:
         spec = runner.plan(raw)

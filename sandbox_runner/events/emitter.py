@@ -6,7 +6,8 @@ Each document is logged through structlog (for humans and log shippers) and push
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -18,7 +19,10 @@ from sandbox_runner.events.documents import (
     status_ttl,
     worker_event_doc,
 )
-from sandbox_runner.events.sinks import EventSink
+from sandbox_runner.events.sinks import EventSink, open_sink
+
+if TYPE_CHECKING:
+    from sandbox_runner.settings import Settings
 
 
 class Emitter:
@@ -40,6 +44,15 @@ class Emitter:
         self.job_info_key = job_info_key
         self.status_expires = status_expires
         self.log = structlog.get_logger("sandbox_runner")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, root: Path, *, name: str | None = None,
+                      fields: dict[str, Any] | None = None) -> Emitter:
+        """The emitter every edge uses: Redis behind the spool when configured, else the file under ``root``."""
+        name = name or settings.worker_name
+        sink = open_sink(settings.redis_url, root, spool_dir=settings.event_spool_dir, source=name)
+        return cls(sink, hostname=name, status_key=settings.status_key, job_info_key=settings.job_info_key,
+                   status_expires=settings.status_expires, fields=fields)
 
     def _deliver(self, key: str, doc: dict[str, Any], status: tuple[str, str, int] | None = None) -> bool:
         for name, value in self.fields.items():

@@ -33,11 +33,9 @@ def scrub(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     emitter = None
     if not args.dry_run:
-        from sandbox_runner.events import Emitter, open_sink
+        from sandbox_runner.events import Emitter
 
-        emitter = Emitter(open_sink(settings.redis_url, root), hostname=settings.worker_name,
-                          status_key=settings.status_key, job_info_key=settings.job_info_key,
-                          status_expires=settings.status_expires)
+        emitter = Emitter.from_settings(settings, root)
     try:
         report = scrub_once(root, policy, emitter, dry_run=args.dry_run,
                             on_action=lambda a: print(_line(a, args.dry_run), flush=True))

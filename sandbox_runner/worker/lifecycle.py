@@ -24,7 +24,7 @@ import structlog
 from celery import bootsteps
 
 from sandbox_runner.errors import ConfigError
-from sandbox_runner.events import Emitter, open_sink
+from sandbox_runner.events import Emitter
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
@@ -130,9 +130,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
-    sink = open_sink(settings.redis_url, settings.node_root, spool_dir=settings.event_spool_dir, source=name)
-    emitter = Emitter(sink, hostname=name, status_key=settings.status_key, job_info_key=settings.job_info_key,
-                      status_expires=settings.status_expires, fields=fields)
+    emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
     guard = LeaseGuard(settings.redis_url, name, settings.lease_ttl, settings.status_expires) \
         if settings.redis_url else None
     done = reconcile(settings, emitter, guard, use_podman=settings.backend == "podman")
