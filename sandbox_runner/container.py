@@ -22,18 +22,16 @@ from sandbox_runner.steps.base import JobContext
 LABEL_PREFIX = "sandbox_runner"
 
 
-def _image(ctx: JobContext) -> tuple[str | None, str | None]:
-    job, wc = ctx.job, ctx.work_cfg
-    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
-        return wc.container_image_name, wc.container_image_url
-    return job.get("container_image_name") or None, job.get("container_image_url") or None
-
-
-def _mappings(ctx: JobContext) -> dict[str, Any]:
+def _container_fields(ctx: JobContext) -> tuple[str | None, str | None, dict[str, Any], dict[str, Any]]:
+    """(image name, image url, mappings, runtime options): the work config's when it overrides the container
+    (HySDS: only with both name and url), else the job's."""
     wc = ctx.work_cfg
-    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
-        return dict(getattr(wc, "container_mappings", None) or {})
-    return dict(ctx.job.get("container_mappings") or {})
+    if wc is not None and wc.overrides_container:
+        return (wc.container_image_name, wc.container_image_url, dict(wc.container_mappings),
+                dict(wc.runtime_options))
+    job = ctx.job
+    return (job.get("container_image_name") or None, job.get("container_image_url") or None,
+            dict(job.get("container_mappings") or {}), dict(job.get("runtime_options") or {}))
 
 
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -45,11 +43,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
-def _runtime_options(ctx: JobContext, env: Mapping[str, str]) -> dict[str, Any]:
-    wc = ctx.work_cfg
-    opts: dict[str, Any] = dict(ctx.job.get("runtime_options") or {})
-    if wc is not None and getattr(wc, "container_image_name", None) and getattr(wc, "container_image_url", None):
-        opts = dict(getattr(wc, "runtime_options", None) or {})
+def _runtime_options(opts: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     if "gpus" in opts and env.get("HYSDS_GPU_AVAILABLE", "0") in ("", "0"):
         opts.pop("gpus")
     return {k: (expand(v, env) if isinstance(v, str) else v) for k, v in opts.items()}
@@ -57,13 +51,9 @@ def _runtime_options(ctx: JobContext, env: Mapping[str, str]) -> dict[str, Any]:
 
 def command_env(ctx: JobContext) -> dict[str, str]:
     """The command's ``env`` entries from the work config: exactly what the job asked for, nothing inherited."""
-    env: dict[str, str] = {}
-    command = getattr(ctx.work_cfg, "command", None)
-    for entry in getattr(command, "env", None) or []:
-        key = entry["key"] if isinstance(entry, dict) else entry.key
-        value = entry["value"] if isinstance(entry, dict) else entry.value
-        env[str(key)] = expand(str(value), ctx.settings.env)
-    return env
+    if ctx.work_cfg is None:
+        return {}
+    return {key: expand(value, ctx.settings.env) for key, value in ctx.work_cfg.command.env_dict.items()}
 
 
 def _ids(ctx: JobContext, runtime: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -88,12 +78,12 @@ def container_name(job_id: str) -> str:
 def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None) -> ContainerSpec:
     settings = ctx.settings
     env = settings.env
-    image, image_url = _image(ctx)
+    image, image_url, mappings, options = _container_fields(ctx)
     work_root = str(ctx.work_root)
     if policy is None:
         policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
-    mounts: tuple[Mount, ...] = resolve_mounts(_mappings(ctx), job_dir=job_dir, policy=policy, env=env)
-    runtime = _runtime_options(ctx, env)
+    mounts: tuple[Mount, ...] = resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)
+    runtime = _runtime_options(options, env)
     network = str(runtime.pop("network", runtime.pop("net", "none")))
     uid, gid = _ids(ctx, runtime)
     labels = {

@@ -64,15 +64,8 @@ def _command_doc(ctx: JobContext) -> dict[str, object]:
         "path": getattr(command, "path", None),
         "options": list(getattr(command, "options", None) or []),
         "arguments": list(getattr(command, "arguments", None) or []),
-        "env": [{"key": k, "value": "<redacted>"} for k in _env_keys(command)],
+        "env": [{"key": k, "value": "<redacted>"} for k in (command.env_dict if command is not None else {})],
     }
-
-
-def _env_keys(command: object) -> list[str]:
-    keys = []
-    for entry in getattr(command, "env", None) or []:
-        keys.append(str(entry["key"] if isinstance(entry, dict) else entry.key))
-    return keys
 
 
 def disk_need(ctx: JobContext) -> int | None:
