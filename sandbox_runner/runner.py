@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.backends.base import Backend, ContainerSpec
-from sandbox_runner.errors import CommandFailed, JobFormatError, JobInterrupted, SandboxRunnerError
+from sandbox_runner.errors import JobFormatError, JobInterrupted, SandboxRunnerError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.settings import Settings
@@ -199,8 +199,5 @@ class JobRunner:
             wd.mark_done()
             self.emitter.job_info(job)
         self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
-        exit_code = ctx.exit_code
-        if exit_code is None and isinstance(failure, CommandFailed):
-            exit_code = failure.exit_code
         return JobOutcome(status=status, job_id=job.get("job_id"), task_id=job.get("task_id"),
-                          exit_code=exit_code, job_dir=wd.path if wd else None, error=error)
+                          exit_code=ctx.exit_code, job_dir=wd.path if wd else None, error=error)
