@@ -74,6 +74,25 @@ def _parser() -> argparse.ArgumentParser:
     scrub = sub.add_parser("scrub", help="free space under the work root as the filesystem policy says")
     scrub.add_argument("--dry-run", action="store_true", help="print what would be quarantined and purged; do nothing")
     scrub.add_argument("--work-root", type=Path, help="root work dir [SANDBOX_RUNNER_WORK_ROOT]")
+
+    slurm = sub.add_parser("slurm", help="workers as Slurm pilot jobs")
+    slurm_sub = slurm.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
+    sub_submit = slurm_sub.add_parser("submit", help="submit a pilot that runs workers for a queue; prints its job id")
+    sub_submit.add_argument("-Q", "--queue", required=True, help="the queue the pilot's workers take jobs from")
+    sub_submit.add_argument("-N", "--nodes", type=int, default=1, help="nodes (default 1)")
+    sub_submit.add_argument("-w", "--workers-per-node", type=int, default=1, help="workers per node (default 1)")
+    sub_submit.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once per worker (default 1)")
+    sub_submit.add_argument("-t", "--time", default="1:00:00", help="walltime in sbatch's format (default 1:00:00)")
+    sub_submit.add_argument("-p", "--partition", help="Slurm partition")
+    sub_submit.add_argument("-A", "--account", help="Slurm account")
+    sub_submit.add_argument("--grace", type=int, default=120,
+                            help="seconds before the walltime at which workers drain (default 120)")
+    sub_submit.add_argument("--log-dir", help="where the pilot's output goes (default: sbatch's, the cwd)")
+    sub_submit.add_argument("--sbatch-arg", action="append", metavar="ARG", help="extra sbatch argument (repeatable)")
+    sub_submit.add_argument("--dry-run", action="store_true", help="print the sbatch command and script only")
+    sub_drain = slurm_sub.add_parser("drain", help="ask a pilot's workers to finish their jobs and stop")
+    sub_drain.add_argument("-Q", "--queue", required=True, help="the pilot's queue")
+    sub_drain.add_argument("--pilot", required=True, help="the pilot's Slurm job id")
     return p
 
 
@@ -112,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sandbox_runner.doctor import doctor
 
             return doctor(settings.with_overrides(work_root=args.work_root))
+        if args.command == "slurm":
+            from sandbox_runner.hpc import command as hpc_command
+
+            return int(getattr(hpc_command, f"slurm_{args.slurm_command}")(args))
         if args.command == "scrub":
             from sandbox_runner.fspolicy.command import scrub as scrub_command
 

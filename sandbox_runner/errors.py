@@ -123,3 +123,9 @@ class NoClobberError(PublishError):
     """A dataset already exists at its location and the job neither forces nor retries it."""
 
     kind = "no-clobber"
+
+
+class SchedulerError(SandboxRunnerError):
+    """A batch scheduler (Slurm's sbatch, squeue) refused or failed; the message carries its own words."""
+
+    kind = "scheduler"
