@@ -282,7 +282,7 @@ def test_job_spec_missing_command() -> None:
         ({"name": "a", "from": "submitter", "type": "enum", "enumerables": []}, "enumerables", "required"),
         ({"name": "a", "from": "value"}, "value", "required when from is 'value'"),
         ({"name": "a", "from": "elsewhere"}, "from", "invalid value 'elsewhere'"),
-        ({"name": "a", "from": "dataset_jpath:"}, "from", "invalid value"),
+        ({"name": "a", "from": "dataset_jpath: x"}, "from", "invalid value"),
         ({"name": "a", "from": "submitter", "type": "jobspec_version"}, "version_regex", "required"),
         ({"name": "a", "from": "submitter", "lambda": "x + 1"}, "lambda", "expected 'lambda"),
         ({"name": "a", "from": "submitter", "type": "colour"}, "type", "invalid value 'colour'"),
@@ -309,6 +309,12 @@ def test_hysds_io_value_may_be_any_json() -> None:
         and io.params[0].value == {"a": [1]}
         and io.params[1].source_kind == "passthrough"
     )
+
+
+def test_hysds_io_empty_dataset_jpath_is_the_whole_hit() -> None:
+    # HySDS passes the whole hit for "dataset_jpath:" with no path; real OPERA/ARIA hysds-io files use it.
+    io = load_hysds_io({"params": [{"name": "hit", "from": "dataset_jpath:"}]})
+    assert io.params[0].source_kind == "dataset_jpath" and io.params[0].jpath == ""
 
 
 # --- worker config ------------------------------------------------------------------------------------------
