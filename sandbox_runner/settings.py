@@ -64,6 +64,9 @@ class Settings:
     drain_window: float = 5.0
     lease_ttl: float = 30.0
     spool_dir: Path | None = None
+    #: inside a Slurm pilot: seconds before the allocation's end by which jobs must be done (the pilot's
+    #: ``--grace``; its script exports it). Jobs whose time limit does not fit before then are handed back.
+    pilot_grace: float = 120.0
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -122,6 +125,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_DRAIN_WINDOW": "drain_window",
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
+    "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

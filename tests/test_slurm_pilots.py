@@ -87,3 +87,48 @@ def test_a_pilot_runs_a_hysds_job_and_scancel_drains_it(podman_ready: Worker, ru
         assert not list((work_root).glob("**/.running*")), list(work_root.glob("**/.running*"))
     finally:
         subprocess.run(["scancel", slurm_id], check=False)
+
+
+def pilot_env(user: Worker, work_root: Path, redis_url: str, status_key: str, rabbit_url: str) -> dict[str, str]:
+    return user.env(
+        SANDBOX_RUNNER_WORK_ROOT=str(work_root), SANDBOX_RUNNER_REDIS_URL=redis_url,
+        SANDBOX_RUNNER_STATUS_KEY=status_key, SANDBOX_RUNNER_JOB_INFO_KEY=status_key,
+        SANDBOX_RUNNER_BROKER_URL=rabbit_url, SANDBOX_RUNNER_RESULT_BACKEND=redis_url,
+        SANDBOX_RUNNER_HEARTBEAT_INTERVAL="1", SANDBOX_RUNNER_MIN_FREE_PERCENT="0")
+
+
+def test_a_job_longer_than_the_pilots_walltime_is_handed_back_not_started(
+        podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str, rabbit_url: str,
+        start_worker: Any) -> None:
+    from conftest import read_status_list
+
+    slurm_up()
+    queue = f"srq-{uuid.uuid4().hex[:8]}"
+    env = pilot_env(podman_ready, work_root, redis_url, status_key, rabbit_url)
+    proc = podman_ready.run(["sandbox-runner", "slurm", "submit", "-Q", queue, "-t", "3", "--grace", "30",
+                             "--log-dir", str(run_dir)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    slurm_id = proc.stdout.strip()
+    log = run_dir / f"sr-pilot-{queue}-{slurm_id}.out"
+    try:
+        wait_for(lambda: log.exists() and " ready." in log.read_text(), 120, interval=0.5, what="the pilot's worker")
+        job = make_job("sleep 1")
+        job["job_info"]["time_limit"] = 600  # the pilot has 3 min, less 30 s of grace
+        send(rabbit_url, redis_url, queue, job)
+        # Nothing fits: after a few hand-backs the pilot's worker stops and the allocation is freed.
+        wait_for(lambda: squeue_state(slurm_id) == "", 120, interval=0.5, what=f"the pilot to give up ({log})")
+        assert job_docs(redis_url, status_key, job["task_id"]) == [], log.read_text()
+        handed = [d for d in read_status_list(redis_url, status_key)
+                  if d.get("resource") == "event" and d.get("type") == "pilot" and d.get("status") == "handed_back"]
+        assert handed and handed[0]["event"]["task_id"] == job["task_id"], handed
+        assert handed[0]["event"]["pilot"] == f"slurm:{slurm_id}" and handed[0]["event"]["time_limit"] == 600
+
+        # A worker with time (a long-lived one here) gets the message and runs it, once.
+        w = start_worker(rabbit_url, queue=queue)
+        wait_for(lambda: any(d["status"] in TERMINAL_STATUSES for d in job_docs(redis_url, status_key, job["task_id"])),
+                 120, interval=0.5, what="the other worker to run the job")
+        docs = job_docs(redis_url, status_key, job["task_id"])
+        assert [d["status"] for d in docs] == ["job-started", "job-completed"]
+        assert {d["celery_hostname"] for d in docs} == {w.name}
+    finally:
+        subprocess.run(["scancel", slurm_id], check=False)

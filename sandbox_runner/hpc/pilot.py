@@ -107,6 +107,7 @@ class PilotRequest:
             f"# sandbox-runner pilot for queue {self.queue}: {self.nodes} node(s) x {self.workers_per_node} "
             f"worker(s), -c {self.concurrency}, walltime {self.time}, drain {self.grace}s before the end.",
             "set -u",
+            f"export SANDBOX_RUNNER_PILOT_GRACE={self.grace}",
             f"srun --kill-on-bad-exit=0 --ntasks-per-node={self.workers_per_node} bash -c {shlex.quote(task)} &",
             "step=$!",
             # The walltime warning and `scancel --batch --signal=TERM` come to this shell only (B:). A signal sent

@@ -22,6 +22,7 @@ import structlog
 from sandbox_runner.errors import JobFormatError
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
+from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.runner import (
     BackendFactory,
     JobOutcome,
@@ -43,6 +44,8 @@ log = structlog.get_logger("sandbox_runner.worker")
 SIGNAL_STATUS = {signal.SIGHUP: "job-hangup", signal.SIGINT: "job-interrupted", signal.SIGQUIT: "job-quit",
                  signal.SIGABRT: "job-aborted", signal.SIGTERM: "job-terminated"}
 _REMEMBER_REVOKED = 10000
+#: consecutive hand-backs (nothing admitted between) after which a pilot's worker stops and frees its allocation
+_HAND_BACKS_BEFORE_STOP = 3
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,14 @@ class _Active:
 class WorkerService:
     def __init__(self, settings: Settings, emitter: Emitter, guard: LeaseGuard | None, *,
                  on_drain: Callable[[], None] | None = None,
-                 backend_for: BackendFactory = default_backend_for) -> None:
+                 backend_for: BackendFactory = default_backend_for,
+                 walltime: Walltime | None = None, on_exhausted: Callable[[], None] | None = None) -> None:
         self.settings, self.emitter, self.guard = settings, emitter, guard
         self.on_drain = on_drain
+        #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
+        self.walltime = walltime or Walltime()
+        self.on_exhausted = on_exhausted
+        self._handed_back = 0
         #: shared by every job's runner (each gets its own list): the policies they read are read once
         self._steps = default_steps(backend_for)
         self.drain = DrainGuard(settings.drain_threshold, settings.drain_window)
@@ -113,6 +121,8 @@ class WorkerService:
                 return None
             if task.task_id in self._revoked:
                 return self._result(job, "job-revoked")  # its job-revoked was sent when the revoke came
+        if not self._fits_walltime(task, job):
+            return None
         admission = self.guard.admit(task.task_id) if self.guard is not None else Admission(True, "unguarded")
         if not admission.run:
             return self._skip(job, admission)
@@ -137,6 +147,23 @@ class WorkerService:
             if admission.lease is not None:
                 admission.lease.release()
         return self._finish(job, outcome.status, t0, outcome=outcome)
+
+    def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
+        """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
+        job-failed, no retry burned) for a worker with time. After a few in a row with nothing run between,
+        this pilot has too little time left for the queue's work: it stops (``on_exhausted``) and frees it."""
+        limit = job_time_limit(task.hard_limit, job)
+        if self.walltime.admits(limit):
+            self._handed_back = 0
+            return True
+        self._handed_back += 1
+        left = self.walltime.left()
+        self.emitter.event("pilot", "handed_back", {
+            "task_id": task.task_id, "job_id": job.get("job_id"), "time_limit": limit,
+            "time_left": round(left or 0.0, 1), "pilot": self.walltime.pilot})
+        if self._handed_back >= _HAND_BACKS_BEFORE_STOP and self.on_exhausted is not None:
+            self.on_exhausted()
+        return False
 
     def _finish(self, job: dict[str, Any], status: str, t0: float, *, outcome: JobOutcome | None = None,
                 error: str | None = None) -> dict[str, Any]:
