@@ -64,3 +64,16 @@ def test_job_time_limit_from_task_or_job_info() -> None:
     assert job_time_limit(None, {"job_info": {"time_limit": 60}}) == 60
     assert job_time_limit(None, {"job_info": {"time_limit": True}}) is None
     assert job_time_limit(None, {"job_info": "damaged"}) is None
+
+
+def test_autoscale_decisions() -> None:
+    from sandbox_runner.hpc.autoscale import decide
+    from sandbox_runner.hpc.slurm import Pilot
+
+    running, pending = Pilot("1", "RUNNING"), Pilot("2", "PENDING")
+    assert decide(0, [], 4, 3).submit == 0
+    assert decide(5, [], 4, 3).submit == 2  # ceil(5 / 4)
+    assert decide(100, [], 4, 3).submit == 3  # the cap
+    assert decide(100, [running], 4, 3).submit == 2
+    assert decide(100, [running, pending], 4, 3).submit == 0  # never more while one is pending
+    assert "cap" in decide(9, [running, running], 4, 2).reason

@@ -132,3 +132,42 @@ def test_a_job_longer_than_the_pilots_walltime_is_handed_back_not_started(
         assert {d["celery_hostname"] for d in docs} == {w.name}
     finally:
         subprocess.run(["scancel", slurm_id], check=False)
+
+
+def test_autoscale_submits_a_pilot_for_a_waiting_job_and_none_for_an_empty_queue(
+        podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str,
+        rabbit_url: str) -> None:
+    from conftest import read_status_list
+
+    slurm_up()
+    queue = f"srq-{uuid.uuid4().hex[:8]}"
+    env = pilot_env(podman_ready, work_root, redis_url, status_key, rabbit_url)
+    argv = ["sandbox-runner", "slurm", "autoscale", "-Q", queue, "--max", "2", "-t", "10", "--grace", "30",
+            "--log-dir", str(run_dir), "--once"]
+
+    def scale_events() -> list[dict[str, Any]]:
+        return [d for d in read_status_list(redis_url, status_key) if d.get("type") == "autoscale"]
+
+    empty = podman_ready.run(argv, env=env)
+    assert empty.returncode == 0 and "submitted 0: no jobs waiting" in empty.stdout, empty.stdout + empty.stderr
+    assert scale_events()[-1]["status"] == "unchanged"
+
+    job = make_job("sleep 1")
+    send(rabbit_url, redis_url, queue, job)
+    submitted: list[str] = []
+    try:
+        busy = podman_ready.run(argv, env=env)
+        assert busy.returncode == 0 and "submitted 1: 1 job(s) waiting" in busy.stdout, busy.stdout + busy.stderr
+        last = scale_events()[-1]
+        assert last["status"] == "submitted" and last["event"]["depth"] == 1
+        submitted = last["event"]["submitted"]
+        assert len(submitted) == 1
+        wait_for(lambda: any(d["status"] in TERMINAL_STATUSES for d in job_docs(redis_url, status_key, job["task_id"])),
+                 180, interval=0.5, what="the autoscaled pilot to run the job")
+        final = [d for d in job_docs(redis_url, status_key, job["task_id"]) if d["status"] in TERMINAL_STATUSES]
+        assert final[0]["status"] == "job-completed" and f"-slurm{submitted[0]}." in final[0]["celery_hostname"]
+        again = podman_ready.run(argv, env=env)
+        assert "submitted 0" in again.stdout, again.stdout + again.stderr
+    finally:
+        for slurm_id in submitted:
+            subprocess.run(["scancel", slurm_id], check=False)
