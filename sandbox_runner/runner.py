@@ -75,8 +75,10 @@ def decode_job(raw: Any) -> dict[str, Any]:
     """The job as a mapping: a dict as given, or JSON text holding an object; anything else is a JobFormatError."""
     if isinstance(raw, dict):
         return raw
+    if raw is None:
+        raise JobFormatError("a job must be a JSON object, got nothing (null)", source="job")
     if not isinstance(raw, bytes | bytearray | str):
-        raise JobFormatError(f"a job must be a JSON object, not {type(raw).__name__}", source="job")
+        raise JobFormatError(f"a job must be a JSON object, not {_json_type(raw)}", source="job")
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -84,8 +86,13 @@ def decode_job(raw: Any) -> dict[str, Any]:
     except RecursionError:
         raise JobFormatError("not valid JSON: nested too deeply", source="job") from None
     if not isinstance(doc, dict):
-        raise JobFormatError(f"a job must be a JSON object, not {type(doc).__name__}", source="job")
+        raise JobFormatError(f"a job must be a JSON object, not {_json_type(doc)}", source="job")
     return doc
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", tuple: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
 
 
 def _text(value: Any) -> str | None:

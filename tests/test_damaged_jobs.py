@@ -137,8 +137,8 @@ def test_a_damaged_job_ends_in_exactly_one_terminal_status(
     (lambda: {**_damage("job_info", {"job_payload": 3})}, "job_info.job_payload: expected object, got int"),
     (lambda: "[" * 5000 + "]" * 5000, "nested too deeply"),
     (_deeply_nested, "nested too deeply"),
-    (lambda: [1], "a job must be a JSON object, not list"),
-    (lambda: None, "a job must be a JSON object, not NoneType"),
+    (lambda: [1], "a job must be a JSON object, not an array"),
+    (lambda: None, "a job must be a JSON object, got nothing (null)"),
     (lambda: b"\xff", "not valid JSON"),
 ], ids=["job_info-float", "job_info-str", "task_id-list", "tags-int", "job_payload-int", "deep-text",
         "deep-dict", "list", "none", "bytes"])

@@ -36,6 +36,26 @@ def _job_info(job: dict[str, Any]) -> dict[str, Any]:
     return _mapping(job.get("job_info"))
 
 
+def job_info_of(job: Any) -> dict[str, Any]:
+    """``job["job_info"]`` when both are objects, else ``{}``: for readers that must not fail on a damaged job."""
+    return _job_info(job) if isinstance(job, dict) else {}
+
+
+def job_ids(job: Any) -> dict[str, Any]:
+    """The identifiers HySDS documents carry (uuid, job_id, payload_id, payload_hash, dedup), read best-effort:
+    a damaged job (job_info a number, task_id a list...) gives null for what cannot be read, never an error."""
+    job = job if isinstance(job, dict) else {}
+    info = _job_info(job)
+    dedup = info.get("dedup")
+    return {
+        "uuid": _text(job.get("task_id")),
+        "job_id": _text(job.get("job_id")),
+        "payload_id": _text(_mapping(info.get("job_payload")).get("payload_task_id")),
+        "payload_hash": _text(info.get("payload_hash")),
+        "dedup": dedup if isinstance(dedup, bool) else None,
+    }
+
+
 def status_ttl(job: dict[str, Any], default: int) -> int:
     """TTL of the status key: long enough to outlive the job's hard time limit."""
     limit = _job_info(job).get("time_limit")
@@ -55,15 +75,8 @@ def job_status_doc(
 ) -> dict[str, Any]:
     # Built from whatever can be read: a damaged job (job_info a number, task_id a list...) still gets its one
     # terminal document; identifiers of the wrong type are left out (null) rather than crash the close-up.
-    job_info = _job_info(job)
-    payload = _mapping(job_info.get("job_payload"))
-    dedup = job_info.get("dedup")
     doc: dict[str, Any] = {
-        "uuid": _text(job.get("task_id")),
-        "job_id": _text(job.get("job_id")),
-        "payload_id": _text(payload.get("payload_task_id")),
-        "payload_hash": _text(job_info.get("payload_hash")),
-        "dedup": dedup if isinstance(dedup, bool) else None,
+        **job_ids(job),
         "status": status,
         "job": copy.deepcopy(job),
         "celery_hostname": hostname,
