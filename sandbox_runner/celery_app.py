@@ -63,9 +63,11 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str, Any]:
-    """The task body (HySDS's signature). ``queue_when_finished`` (user rules on the orchestrator) is accepted and
-    not acted on: sandbox_runner has no orchestrator side."""
+def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The task body: HySDS's ``run_job(job, queue_when_finished=True)``. ``queue_when_finished`` (user rules on
+    the orchestrator) is accepted and not acted on: sandbox_runner has no orchestrator side. Any arguments are
+    taken, so a message with no job (or a list, a string) reaches the runner and ends as one job-failed rather
+    than a TypeError in Celery that the job tracker never hears of."""
     from sandbox_runner.worker.lifecycle import current_service
     from sandbox_runner.worker.service import TaskInfo
 
@@ -73,6 +75,7 @@ def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str,
     hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]
     task = TaskInfo(task_id=str(req.id), delivery_info=dict(req.delivery_info or {}), hard_limit=hard,
                     soft_limit=soft)
+    job = args[0] if args else kwargs.get("job")
     result = current_service().run_task(task, job)
     if result is None:
         raise Reject("the worker is shutting down; back to the queue", requeue=True)

@@ -71,16 +71,32 @@ def default_steps(backend_for: BackendFactory = default_backend_for) -> list[Ste
     ]
 
 
-def decode_job(raw: dict[str, Any] | bytes | str) -> dict[str, Any]:
+def decode_job(raw: Any) -> dict[str, Any]:
+    """The job as a mapping: a dict as given, or JSON text holding an object; anything else is a JobFormatError."""
     if isinstance(raw, dict):
         return raw
+    if raw is None:
+        raise JobFormatError("a job must be a JSON object, got nothing (null)", source="job")
+    if not isinstance(raw, bytes | bytearray | str):
+        raise JobFormatError(f"a job must be a JSON object, not {_json_type(raw)}", source="job")
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise JobFormatError(f"not valid JSON: {exc}", source="job") from None
+    except RecursionError:
+        raise JobFormatError("not valid JSON: nested too deeply", source="job") from None
     if not isinstance(doc, dict):
-        raise JobFormatError(f"a job must be a JSON object, not {type(doc).__name__}", source="job")
+        raise JobFormatError(f"a job must be a JSON object, not {_json_type(doc)}", source="job")
     return doc
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", tuple: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class JobRunner:
@@ -100,7 +116,7 @@ class JobRunner:
         self._lock = threading.Lock()
 
     # -- the job path ----------------------------------------------------------------------------------------------
-    def run(self, raw: dict[str, Any] | bytes | str) -> JobOutcome:
+    def run(self, raw: Any) -> JobOutcome:
         failure: BaseException | None = None
         t_begin = time.monotonic()
         try:
@@ -127,9 +143,14 @@ class JobRunner:
                     step.run(ctx)
                 except SandboxRunnerError as exc:
                     failure = failure or exc
+                except RecursionError:  # a dict job (Celery decoded it) nested deeper than Python can walk
+                    failure = failure or JobFormatError("the job is nested too deeply to read", source="job")
                 except Exception as exc:  # a bug: still one job-failed, with the traceback for machines
                     failure = failure or exc
-            return self._close(ctx, failure)
+            try:
+                return self._close(ctx, failure)
+            except Exception as exc:  # last guard: the close-up itself broke; the job still gets its status
+                return self._close_plainly(ctx, failure, exc)
         finally:
             release_reservation(ctx)  # also when close-up itself fails; a dead process releases it by dying
             with self._lock:
@@ -159,6 +180,24 @@ class JobRunner:
         return build_spec(ctx, str(job_dir_path(ctx.work_root, str(job["job_id"]), time.time())))
 
     # -- close-up --------------------------------------------------------------------------------------------------
+    def _close_plainly(self, ctx: JobContext, failure: BaseException | None, exc: Exception) -> JobOutcome:
+        """One job-failed when :meth:`_close` raised before sending it (never a job without a terminal status)."""
+        if ctx.notes.get("terminal_sent"):
+            raise exc
+        if isinstance(exc, RecursionError) and failure is not None:  # the document is as deep as the job
+            error = str(failure)
+        else:
+            first = f"{failure}; " if failure is not None else ""
+            error = f"{first}internal error while closing the job: {type(exc).__name__}: {exc}"
+        job = ctx.job if isinstance(ctx.job, dict) else {}
+        try:
+            self.emitter.job_status(job, "job-failed", error=error, traceback="".join(tb.format_exception(exc)))
+        except RecursionError:  # a job nested too deeply to copy: report it by what can be read
+            self.emitter.job_status({k: job.get(k) for k in ("job_id", "task_id") if isinstance(job.get(k), str)},
+                                    "job-failed", error=error)
+        return JobOutcome(status="job-failed", job_id=_text(job.get("job_id")), task_id=_text(job.get("task_id")),
+                          exit_code=ctx.exit_code, job_dir=ctx.workdir.path if ctx.workdir else None, error=error)
+
     def _close(self, ctx: JobContext, failure: BaseException | None) -> JobOutcome:
         job, wd = ctx.job, ctx.workdir
         error = trace = None
@@ -199,5 +238,6 @@ class JobRunner:
             wd.mark_done()
             self.emitter.job_info(job)
         self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
-        return JobOutcome(status=status, job_id=job.get("job_id"), task_id=job.get("task_id"),
+        ctx.notes["terminal_sent"] = True
+        return JobOutcome(status=status, job_id=_text(job.get("job_id")), task_id=_text(job.get("task_id")),
                           exit_code=ctx.exit_code, job_dir=wd.path if wd else None, error=error)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sandbox_runner.events.documents import job_info_of
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import Settings
 
@@ -40,7 +41,7 @@ def _seconds(value: Any) -> float | None:
 
 def limits_for(task: TaskInfo, job: dict[str, Any]) -> tuple[float | None, float | None]:
     """(soft, hard) in seconds: the message's, else the job_info's."""
-    info = job.get("job_info") or {}
+    info = job_info_of(job)  # a damaged job_info is reported by the runner, not tripped over here
     soft = _seconds(task.soft_limit) or _seconds(info.get("soft_time_limit"))
     hard = _seconds(task.hard_limit) or _seconds(info.get("time_limit"))
     return soft, hard

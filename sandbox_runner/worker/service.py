@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import structlog
 
 from sandbox_runner.errors import JobFormatError
-from sandbox_runner.events.documents import TERMINAL_STATUSES
+from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info_of
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.runner import (
@@ -169,12 +169,13 @@ class WorkerService:
                 error: str | None = None) -> dict[str, Any]:
         if self.drain.record(status == "job-failed"):
             self.emitter.event("worker_anomaly", "job_drain", {
-                "celery_hostname": self.settings.worker_name, "last_job_id": job.get("job_id"),
+                "celery_hostname": self.settings.worker_name, "last_job_id": job_ids(job)["job_id"],
                 "last_error": outcome.error if outcome else error, **self.drain.snapshot()})
             if self.on_drain is not None:
                 self.on_drain()
         result = self._result(job, status)
-        cmd = float((job.get("job_info") or {}).get("cmd_duration") or 0.0)
+        cmd = job_info_of(job).get("cmd_duration")
+        cmd = float(cmd) if isinstance(cmd, int | float) else 0.0
         result.update(exit_code=outcome.exit_code if outcome else None,
                       error=outcome.error if outcome else error,
                       worker_overhead=round(time.monotonic() - t0 - cmd, 6))
@@ -182,11 +183,9 @@ class WorkerService:
 
     def _result(self, job: dict[str, Any], status: str) -> dict[str, Any]:
         """HySDS's run_job return value."""
-        info = job.get("job_info") or {}
-        return {"uuid": job.get("task_id"), "job_id": job.get("job_id"),
-                "payload_id": (info.get("job_payload") or {}).get("payload_task_id"),
-                "payload_hash": info.get("payload_hash"), "dedup": info.get("dedup"), "status": status,
-                "job_url": info.get("job_url"), "celery_hostname": self.settings.worker_name}
+        url = job_info_of(job).get("job_url")
+        return {**job_ids(job), "status": status, "job_url": url if isinstance(url, str) else None,
+                "celery_hostname": self.settings.worker_name}
 
     def _skip(self, job: dict[str, Any], admission: Admission) -> dict[str, Any]:
         details = {"task_id": job["task_id"], "job_id": job.get("job_id"), "found_status": admission.status,
