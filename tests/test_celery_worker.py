@@ -381,3 +381,31 @@ def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedi
 
 def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def test_a_root_from_the_worker_config_only_is_reconciled(start_worker, worker: Worker, rabbit_url: str,
+                                                           redis_url: str, status_key: str, work_root: Path,
+                                                           shared_dir: Path) -> None:
+    """No SANDBOX_RUNNER_WORK_ROOT: jobs land under the worker config's root_work_dir, and the restarted worker
+    looks there for what its SIGKILLed predecessor left (a bubblewrap job: no container to find it by)."""
+    from conftest import write_job
+
+    cfg = write_job(shared_dir, {"root_work_dir": str(work_root), "configs": [
+        {"type": "sr_test", "command": {"path": "sleep", "options": [], "arguments": ["600"], "env": []}}]},
+        "worker.json")
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_WORK_ROOT="", HYSDS_WORKER_CFG=str(cfg),
+                     SANDBOX_RUNNER_BACKEND="subprocess")
+    job = make_job("/bin/ignored", image=None)
+    send(rabbit_url, redis_url, w.queue, job)
+    started = wait_status(redis_url, status_key, job["task_id"], "job-started")
+    jd = Path(started["job"]["job_info"]["job_dir"])
+    assert jd.is_relative_to(work_root / "jobs"), jd
+    w.signal(signal.SIGKILL)
+    w.wait(timeout=30)
+    w.start()
+    wait_status(redis_url, status_key, job["task_id"], "job-offline", timeout=60)
+    assert (jd / ".done").exists() and not (jd / ".running").exists()
+    online = [d for d in read_status_list(redis_url, status_key) if d.get("status") == "worker-online"]
+    assert online[-1]["event"]["reconciled"]["closed"] == [str(jd)]
+    time.sleep(1)
+    assert statuses(redis_url, status_key, job["task_id"]).count("job-offline") == 1

@@ -345,3 +345,34 @@ def test_fake_backend_records_writes_and_runs_script(job_dir: Path) -> None:
     assert (result.exit_code, out, err, fake.calls, pids) == (5, "out\n", "err\n", [s], [FAKE_PID])
     assert (job_dir / "product.txt").read_text() == "made"
     assert FakeBackend(exit_code=2).run(s, io).exit_code == 2
+
+
+_KILLED_WORKER = """
+import sys, threading
+from pathlib import Path
+from sandbox_runner.backends.base import ContainerSpec, JobIO
+from sandbox_runner.backends.subprocess import SubprocessBackend
+d = Path(sys.argv[1])
+spec = ContainerSpec(name="orphan", image=None, argv=("sleep", sys.argv[2]), workdir=str(d))
+io = JobIO(d / "o", d / "e", on_start=lambda pid, cid: (d / "pid").write_text(str(pid)))
+# in a thread of its own, as in a worker: the job must die with the process, not only with the main thread
+t = threading.Thread(target=SubprocessBackend(use_bwrap=False).run, args=(spec, io))
+t.start()
+t.join()
+"""
+
+
+def test_plain_mode_job_dies_with_a_sigkilled_worker(job_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
+    marker = f"96{uuid.uuid4().int % 10**6}"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(job_dir), marker], cwd=REPO,
+                            stdout=subprocess.DEVNULL)
+    assert wait_for(lambda: bool(processes_with(f"sleep\0{marker}")), 10), "the job never started"
+    pid = (job_dir / "pid").read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert wait_for(lambda: not processes_with(f"sleep\0{marker}"), 5), f"job {pid} outlived its SIGKILLed worker"

@@ -141,3 +141,26 @@ def test_a_run_fenced_out_before_publishing_publishes_nothing(tmp_path: Path, re
     assert "fencing token 1 was superseded" in result["error"]
     assert _statuses(sink, job["task_id"]) == ["job-started", "job-deduped"]
     assert TRIAGED == []  # post-processing (publish, triage) did not run
+
+
+def test_the_worker_scrubs_between_jobs_once_per_interval(tmp_path: Path) -> None:
+    import time
+
+    from fsjobs import make_job_dir
+
+    from sandbox_runner.fspolicy.quarantine import entry_name
+
+    root = tmp_path / "work"
+    stale = root / "quarantine" / entry_name(4096, 2, "202501010000", "old", time.time_ns() - int(3 * 86400e9))
+    stale.mkdir(parents=True)
+    crashed = make_job_dir(root, 0, "crashed_before", "crashed")
+    service, sink = _service(tmp_path, FakeBackend())
+    first = _job()
+    assert service.run_task(TaskInfo(first["task_id"]), first)["status"] == "job-completed"  # type: ignore[index]
+    assert not stale.exists()  # past the quarantine TTL: purged after the job, by the worker itself
+    found = [d["event"] for d in sink.docs() if d.get("status") == "crashed-job"]
+    assert [e["path"] for e in found] == [str(crashed)]
+    stale.mkdir()
+    second = _job()
+    service.run_task(TaskInfo(second["task_id"]), second)
+    assert stale.exists()  # the next scrub waits for scrub.interval (10 min by default)

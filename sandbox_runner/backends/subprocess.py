@@ -140,6 +140,7 @@ class SubprocessBackend:
             raise BackendError("bubblewrap (bwrap) was requested but is not on PATH")
         self.bwrap: str | None = found if use_bwrap is not False else None
         self.base_env = base_env(os.environ if env is None else env)
+        self.setpriv = shutil.which("setpriv") if self.bwrap is None else None  # util-linux
         if self.bwrap is None:
             _warn_once("subprocess-unsandboxed", detail="no bubblewrap: jobs get the host network and filesystem")
 
@@ -156,12 +157,25 @@ class SubprocessBackend:
         # stdout and stderr are the same file.
         with open(io.stdout, "ab") as out, open(io.stderr, "ab") as err:
             if self.bwrap is None:
-                return self._spawn(spec, io, [*spec.argv], env, (out, err))
+                # behind setpriv an exec failure would be setpriv's exit code, not "Unable to exec": check first
+                problem = _exec_problem(spec.argv[0], env, spec.workdir, [("/", "/", False)]) \
+                    if self.setpriv else None
+                if problem:
+                    return _unable_to_exec(spec.argv[0], problem, err)
+                return self._spawn(spec, io, self._plain_argv(spec), env, (out, err))
             args, view = self._bwrap_args(spec)
             problem = _exec_problem(spec.argv[0], env, spec.workdir, view)
             if problem:
                 return _unable_to_exec(spec.argv[0], problem, err)
             return self._spawn(spec, io, [self.bwrap, *args, "--", *spec.argv], env, (out, err))
+
+    def _plain_argv(self, spec: ContainerSpec) -> list[str]:
+        """Plain mode: the job gets SIGKILL when the worker thread that started it dies (a SIGKILLed worker,
+        an OOM kill), as bwrap's --die-with-parent gives a sandbox. setpriv sets it and execs the command, so
+        no Python runs between fork and exec (a preexec_fn is unsafe in a threaded worker)."""
+        if self.setpriv is None:
+            return [*spec.argv]
+        return [self.setpriv, "--pdeathsig", "KILL", "--", *spec.argv]
 
     def _bwrap_args(self, spec: ContainerSpec) -> tuple[list[str], _View]:
         binds = [(spec.workdir, spec.workdir, True)] + [(m.container, m.host, m.mode == "rw") for m in spec.mounts]

@@ -12,6 +12,7 @@ cache. Every action streams: a report keeps counts and sums, and ``on_action`` s
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
     from sandbox_runner.events.emitter import Emitter
 
 EVENT_TYPE = "filesystem"
+
+
+def describe_error(exc: OSError) -> str:
+    """``Permission denied (EACCES): <the file>``: what failed, its errno name and the file it failed on."""
+    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else ""
+    text = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    return text + (f": {exc.filename}" if exc.filename else "")
 
 
 class Scrubber:
@@ -140,7 +148,12 @@ class Scrubber:
             self._act(Action("quarantine", job.path, size, inodes, reason), job.job_id)
             return size, inodes
         name = q.entry_name(size, inodes, job.stamp, job.job_id)
-        dest = q.move_in(qdir, job.path, name) if qdir else None
+        try:
+            dest = q.move_in(qdir, job.path, name) if qdir else None
+        except OSError as exc:
+            # another user's dir (EACCES/EPERM), a mount point (EBUSY): not ours to move; the next one may be
+            self._act(Action("skip", job.path, size, inodes, reason, describe_error(exc)), job.job_id)
+            return 0, 0
         if dest is not None:
             self._act(Action("quarantine", dest, size, inodes, reason), job.job_id, origin=job.path)
         elif os.path.lexists(job.path):  # no atomic rename possible here (EXDEV, no room for an entry)
@@ -190,7 +203,7 @@ class Scrubber:
         try:
             freed, error = self.cache.evict(key), None
         except OSError as exc:  # e.g. no inode left for the cache's lock file: skip the entry, keep scrubbing
-            freed, error = 0, f"{exc.strerror}: {exc.filename}"
+            freed, error = 0, describe_error(exc)
         self._act(Action("evict", key, freed, 0, reason, error or (None if freed else "in use or already gone")))
         return freed
 
@@ -202,7 +215,7 @@ class Scrubber:
             return
         err = q.purge(entry.path)
         self._act(Action("purge", entry.path, entry.bytes, entry.inodes, reason,
-                         f"{err.strerror}: {err.filename}" if err else None), entry.job_id)
+                         describe_error(err) if err else None), entry.job_id)
 
     def _simulate_purge(self, amount: list[int]) -> None:
         self._simulated = self._simulated[0] + amount[0], self._simulated[1] + amount[1]
@@ -214,10 +227,11 @@ class Scrubber:
             self.on_action(action)
         if self.emitter is None or self.dry_run:
             return
-        status = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted"}[action.kind]
+        status = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted", "skip": "skipped"}[action.kind]
         doc: dict[str, Any] = {
             "root": self.root, "path": action.path, "reason": action.reason, "bytes": action.bytes,
-            "inodes": action.inodes, "bytes_freed": 0 if action.kind == "quarantine" or action.error else action.bytes,
+            "inodes": action.inodes,
+            "bytes_freed": 0 if action.kind in ("quarantine", "skip") or action.error else action.bytes,
             **extra}
         if job_id is not None:
             doc["job_id"] = job_id

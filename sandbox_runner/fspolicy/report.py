@@ -21,7 +21,7 @@ class Space:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # quarantine | purge | evict
+    kind: str  # quarantine | purge | evict | skip (a dir it may not move: another user's, a mount point)
     path: str
     bytes: int
     inodes: int
@@ -40,7 +40,8 @@ class Report:
     def add(self, action: Action) -> None:
         self.counts[action.kind] = self.counts.get(action.kind, 0) + 1
         self.bytes[action.kind] = self.bytes.get(action.kind, 0) + (0 if action.error else action.bytes)
-        self.errors += action.error is not None
+        # a skip is a dir it may not touch, not a failure: the threshold decides whether the scrub did its job
+        self.errors += action.error is not None and action.kind != "skip"
 
     @property
     def freed(self) -> int:

@@ -24,7 +24,9 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     queues = [q for q in args.queues.split(",") if q.strip()]
     if not queues:
         raise ConfigError("name at least one queue with -Q", field="queues")
-    lock_dir = settings.node_root / "workers"
+    from sandbox_runner.worker.root import pin_work_root
+
+    lock_dir = pin_work_root(settings).node_root / "workers"  # the same dir boot() holds the name in
     if args.name:
         name = args.name.replace("%h", socket.gethostname())
         name = name if "@" in name else f"celery@{name}"

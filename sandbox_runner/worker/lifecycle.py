@@ -30,6 +30,7 @@ from sandbox_runner.settings import Settings
 from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
 from sandbox_runner.worker.reconcile import reconcile
+from sandbox_runner.worker.root import pin_work_root
 from sandbox_runner.worker.service import SIGNAL_STATUS, WorkerService
 
 log = structlog.get_logger("sandbox_runner.worker")
@@ -126,7 +127,7 @@ def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
 def boot(base: Settings, w: Any) -> WorkerService:
     global _service, _heart
     name = str(w.hostname)
-    settings = base.with_overrides(worker_name=name)
+    settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
     if not hold_name(name, settings.node_root / "workers"):
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
     queues = sorted(w.app.amqp.queues.consume_from)

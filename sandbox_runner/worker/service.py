@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 
 import structlog
 
-from sandbox_runner.errors import JobFormatError
+from sandbox_runner.errors import ConfigError, JobFormatError
 from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info_of
 from sandbox_runner.events.emitter import Emitter
+from sandbox_runner.fspolicy.periodic import PeriodicScrubber
+from sandbox_runner.fspolicy.policy import load_fs_policy
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.runner import (
     BackendFactory,
@@ -102,6 +104,8 @@ class WorkerService:
         self._stopping = False
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._scrubber: PeriodicScrubber | None = None
+        self._scrubbing = threading.Lock()
         if guard is not None:
             threading.Thread(target=self._renew_leases, name="lease-renewal", daemon=True).start()
 
@@ -146,7 +150,26 @@ class WorkerService:
                 self.processed += 1
             if admission.lease is not None:
                 admission.lease.release()
-        return self._finish(job, outcome.status, t0, outcome=outcome)
+        result = self._finish(job, outcome.status, t0, outcome=outcome)
+        self.scrub_between_jobs()
+        return result
+
+    def scrub_between_jobs(self) -> None:
+        """The periodic scrub, at most once per the policy's ``scrub.interval``, in the thread of a job just done.
+
+        Running jobs hold their dir's lock, so a scrub never touches them; with several slots, one scrub at a time.
+        """
+        if self._stopping or not self._scrubbing.acquire(blocking=False):
+            return
+        try:
+            if self._scrubber is None:
+                policy = load_fs_policy(self.settings.fs_policy)
+                self._scrubber = PeriodicScrubber(self.settings.node_root, policy, self.emitter)
+            self._scrubber.maybe_run()
+        except ConfigError as exc:  # a broken policy file already fails every job's admission, naming the field
+            log.warning("periodic-scrub-disabled", error=str(exc))
+        finally:
+            self._scrubbing.release()
 
     def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
         """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
