@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
+from sandbox_runner.errors import WorkerExecutionError
 from sandbox_runner.settings import Settings, load_settings
 
 TASK_NAME = "sandbox_runner.run_job"
@@ -59,7 +60,10 @@ def make_app(settings: Settings) -> Celery:
     signals.worker_shutdown.connect(shutdown, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
     for name in (TASK_NAME, HYSDS_TASK_NAME):
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True)(run_job)
+        # a failed job is acked, not retried or redelivered (its one job-failed is written); an expected
+        # WorkerExecutionError is logged by Celery at INFO without a traceback
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True,
+                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,))(run_job)
     return app
 
 
@@ -73,9 +77,30 @@ def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str,
     hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]
     task = TaskInfo(task_id=str(req.id), delivery_info=dict(req.delivery_info or {}), hard_limit=hard,
                     soft_limit=soft)
-    result = current_service().run_task(task, job)
+    service = current_service()
+    result = service.run_task(task, job)
     if result is None:
         raise Reject("the worker is shutting down; back to the queue", requeue=True)
+    return _task_outcome(self, result, revoke_announced=service.was_revoked(task.task_id))
+
+
+#: statuses that end the Celery task SUCCESS, as in HySDS (a deduped job returns normally there too)
+_SUCCEEDED = frozenset({"job-completed", "job-deduped"})
+
+
+def _task_outcome(task: Task, result: dict[str, Any], *, revoke_announced: bool) -> dict[str, Any]:
+    """The Celery state HySDS's tools see: SUCCESS for a completed job, REVOKED for a revoked one, FAILURE (a
+    ``WorkerExecutionError``, HySDS's) for a failed one. Every terminal status document is already written."""
+    status = result.get("status")
+    if status == "job-revoked":
+        if not revoke_announced:  # revoked by HySDS's redis key, not a Celery revoke: announce it as Celery would
+            task.backend.mark_as_revoked(task.request.id, "terminated", request=task.request)
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        # Celery has stored REVOKED (TaskRevokedError('terminated')) and sent task-revoked; Ignore keeps it from
+        # overwriting that with SUCCESS or FAILURE and sending a second event
+        raise Ignore()
+    if status not in _SUCCEEDED:
+        raise WorkerExecutionError(str(result.get("error") or status), result)
     return result
 
 
