@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Celery, Task, signals
 from celery.exceptions import Ignore, Reject
 
 from sandbox_runner.errors import WorkerExecutionError
 from sandbox_runner.settings import Settings, load_settings
 
+log = structlog.get_logger("sandbox_runner.worker")
 TASK_NAME = "sandbox_runner.run_job"
 HYSDS_TASK_NAME = "hysds.job_worker.run_job"
 
@@ -68,8 +70,8 @@ def make_app(settings: Settings) -> Celery:
 
 
 def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str, Any]:
-    """The task body (HySDS's signature). ``queue_when_finished`` (user rules on the orchestrator) is accepted and
-    not acted on: sandbox_runner has no orchestrator side."""
+    """The task body (HySDS's signature). With ``queue_when_finished`` (HySDS's default) a finished job is handed
+    to the orchestrator's user rules, as HySDS does."""
     from sandbox_runner.worker.lifecycle import current_service
     from sandbox_runner.worker.service import TaskInfo
 
@@ -81,7 +83,29 @@ def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str,
     result = service.run_task(task, job)
     if result is None:
         raise Reject("the worker is shutting down; back to the queue", requeue=True)
+    if queue_when_finished and service.settings.user_rules_queue:
+        _queue_user_rules(self, service.settings.user_rules_queue, job, result)
     return _task_outcome(self, result, revoke_announced=service.was_revoked(task.task_id))
+
+
+USER_RULES_TASK = "hysds.task_worker.run_task"
+
+
+def _queue_user_rules(task: Task, queue: str, job: Any, result: dict[str, Any]) -> None:
+    """HySDS's ``queue_finished_job``: mozart's user rules evaluate the finished job (trigger rules fire).
+    Not for a revoked job (HySDS's revoke handler sends none) nor a deduped one: ours is a redelivery or a lost
+    lease, whose job the first run already handed over."""
+    status = result.get("status")
+    if status in ("job-revoked", "job-deduped") or result.get("payload_id") is None:
+        return  # (no payload id: a job too malformed to name one; there is nothing to evaluate)
+    info = (job.get("job_info") if isinstance(job, dict) else None) or {}
+    index = info.get("index") if status == "job-completed" else "job_failed"
+    payload = {"type": "user_rules_job", "function": "hysds.user_rules_job.evaluate_user_rules_job",
+               "args": [result.get("payload_id")], "kwargs": {"index": index}}
+    try:
+        task.app.send_task(USER_RULES_TASK, args=(payload,), queue=queue)
+    except Exception as exc:  # the job's status is written; a broker that refuses this must not undo it
+        log.error("user-rules-not-queued", task_id=result.get("uuid"), queue=queue, error=str(exc))
 
 
 #: statuses that end the Celery task SUCCESS, as in HySDS (a deduped job returns normally there too)

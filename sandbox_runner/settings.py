@@ -64,6 +64,8 @@ class Settings:
     drain_window: float = 5.0
     lease_ttl: float = 30.0
     spool_dir: Path | None = None
+    #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
+    user_rules_queue: str = "user_rules_job"
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -122,6 +124,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_DRAIN_WINDOW": "drain_window",
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
+    "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

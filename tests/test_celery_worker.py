@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,36 @@ def test_task_states_are_hysds_success_failure_and_revoked(start_worker, podman_
         assert "Traceback" not in w.text()
     finally:
         events.close()
+
+
+def test_finished_jobs_are_handed_to_user_rules_on_the_broker(start_worker, rabbit_url: str, redis_url: str) -> None:
+    """HySDS's queue_finished_job: hysds.task_worker.run_task on the user-rules queue, once per finished job, with
+    the job's index (job_failed for a failed job); none when the orchestrator says queue_when_finished=False."""
+    import msgpack
+    from kombu import Connection
+
+    rules_queue = f"ur-{uuid.uuid4().hex[:8]}"
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_USER_RULES_QUEUE=rules_queue)
+    ok, bad, quiet = make_job("echo fine"), make_job("sh -c 'exit 3'"), make_job("echo no rules")
+    send(rabbit_url, redis_url, w.queue, ok).get(timeout=90)
+    send(rabbit_url, redis_url, w.queue, bad).get(timeout=90, propagate=False)
+    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[quiet], queue=w.queue,
+                                            task_id=quiet["task_id"],
+                                            kwargs={"queue_when_finished": False}).get(timeout=90)
+    got = []
+    with Connection(rabbit_url) as conn:
+        while (message := conn.default_channel.basic_get(queue=rules_queue, no_ack=True)) is not None:
+            assert message.headers["task"] == "hysds.task_worker.run_task"
+            assert message.properties["content_type"] == "application/x-msgpack"
+            args, kwargs, _ = msgpack.unpackb(message.body)
+            assert kwargs == {}
+            got.append(args[0])
+
+    def payload(job: dict[str, Any], index: str) -> dict[str, Any]:
+        return {"type": "user_rules_job", "function": "hysds.user_rules_job.evaluate_user_rules_job",
+                "args": [job["job_info"]["job_payload"]["payload_task_id"]], "kwargs": {"index": index}}
+
+    assert got == [payload(ok, ok["job_info"]["index"]), payload(bad, "job_failed")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT],
