@@ -67,6 +67,8 @@ class Settings:
     #: inside a Slurm pilot: seconds before the allocation's end by which jobs must be done (the pilot's
     #: ``--grace``; its script exports it). Jobs whose time limit does not fit before then are handed back.
     pilot_grace: float = 120.0
+    #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
+    user_rules_queue: str = "user_rules_job"
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -126,6 +128,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
+    "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

@@ -242,6 +242,11 @@ class WorkerService:
             return
         self.emitter.job_status(doc, "job-revoked", error="Job was revoked with signal 0.", signum=0)
 
+    def was_revoked(self, task_id: str) -> bool:
+        """:meth:`revoked` was called for this task (a revoke reached this worker from outside)."""
+        with self._lock:
+            return task_id in self._revoked
+
     def interrupt_all(self, signum: int) -> int:
         """A signal reached the worker: every running job ends with ``job-<signal>``; no new job starts."""
         status = SIGNAL_STATUS.get(signal.Signals(signum), f"job-sig-{signum}")
