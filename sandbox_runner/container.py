@@ -4,7 +4,8 @@ This is where the HySDS job/work-config fields meet the backend contract. Contai
 (section 6): the work config overrides the job's image only when it names both ``container_image_name`` and
 ``container_image_url``; ``container_mappings`` / ``imported_worker_files`` become mounts, checked against the
 mount policy; ``runtime_options`` string values are ``$VAR``-expanded; ``gpus`` is dropped unless
-``HYSDS_GPU_AVAILABLE`` says the node has them. Unlike HySDS, the job gets *no* copy of the worker's environment.
+``HYSDS_GPU_AVAILABLE`` says the node has them; the network is :mod:`sandbox_runner.netpolicy`'s choice (the
+node's network unless the policy denies it). Unlike HySDS, the job gets *no* copy of the worker's environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from sandbox_runner.backends.base import ContainerSpec, Mount
 from sandbox_runner.errors import JobFormatError
 from sandbox_runner.mounts import MountPolicy, load_mount_policy, resolve_mounts
+from sandbox_runner.netpolicy import choose_network, load_network_policy
 from sandbox_runner.steps.base import JobContext
 
 LABEL_PREFIX = "sandbox_runner"
@@ -84,13 +86,17 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
         policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
     mounts: tuple[Mount, ...] = resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)
     runtime = _runtime_options(options, env)
-    network = str(runtime.pop("network", runtime.pop("net", "none")))
+    asked = runtime.pop("network", runtime.pop("net", None))
+    network, network_why = choose_network(str(ctx.job.get("type") or ""), None if asked is None else str(asked),
+                                          load_network_policy(settings.network_policy))
     uid, gid = _ids(ctx, runtime)
     labels = {
         f"{LABEL_PREFIX}.job_id": str(ctx.job.get("job_id")),
         f"{LABEL_PREFIX}.task_id": str(ctx.job.get("task_id")),
         f"{LABEL_PREFIX}.worker": settings.worker_name,
         f"{LABEL_PREFIX}.job_dir": job_dir,
+        # why this network: shown by --dry-run and on the container (podman inspect)
+        f"{LABEL_PREFIX}.network": f"{network}: {network_why}",
     }
     return ContainerSpec(
         name=container_name(str(ctx.job.get("job_id"))),

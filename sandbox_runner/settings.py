@@ -35,6 +35,7 @@ class Settings:
     datasets_cfg: Path | None = None
     mount_policy: Path | None = None
     fs_policy: Path | None = None
+    network_policy: Path | None = None
     #: the name this worker reports as ``celery_hostname`` (HySDS: ``celery@<program>.<NN>.<host>``).
     worker_name: str = field(default_factory=lambda: f"sandbox-runner@{socket.gethostname()}")
     #: overrides the filesystem policy's ``free.space_percent`` when set
@@ -108,6 +109,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_PODMAN_SOCKET": "podman_socket",
     "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
     "SANDBOX_RUNNER_POLICY": "fs_policy",
+    "SANDBOX_RUNNER_NETWORK_POLICY": "network_policy",
     "SANDBOX_RUNNER_WORKER_NAME": "worker_name",
     "SANDBOX_RUNNER_MIN_FREE_PERCENT": "min_free_percent",
     "SANDBOX_RUNNER_STOP_GRACE": "stop_grace",

@@ -19,6 +19,7 @@ from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.events.documents import TERMINAL_STATUSES
+from sandbox_runner.netpolicy import node_network, this_node
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
 
@@ -191,7 +192,8 @@ def test_dry_run_plans_without_side_effects(tmp_path: Path) -> None:
     backend = FakeBackend()
     runner, sink = _runner(tmp_path, backend)
     spec = runner.plan(make_job("/bin/echo hi"))
-    assert spec.argv == ("/bin/echo", "hi") and spec.network == "none"
+    assert spec.argv == ("/bin/echo", "hi") and spec.network == node_network(*this_node())[0]
+    assert spec.labels["sandbox_runner.network"].startswith(f"{spec.network}: ")
     assert spec.labels["sandbox_runner.job_id"].startswith("sr_test-")
     assert sink.docs() == [] and backend.calls == [] and not (tmp_path / "work" / "jobs").exists()
 
