@@ -9,10 +9,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import BUSYBOX, BUSYBOX_TAR, Worker, make_job, require
 from test_job_path import job_dir_of, run_job, terminal
+from test_runner import _one_terminal, _runner
 
 from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount
+from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.container import docker_params
 
 HYSDS_KEYS = {"image_name", "image_url", "uid", "gid", "user_name", "working_dir", "volumes", "runtime_options"}
@@ -27,7 +30,8 @@ def test_docker_params_has_one_hysds_entry_per_image() -> None:
     assert set(params) == {"main:1", "opera/pge:1"}
     main, pge = params["main:1"], params["opera/pge:1"]
     assert set(main) >= HYSDS_KEYS and set(pge) == HYSDS_KEYS
-    assert main["image_name"] == "main:1" and main["argv"] == ["run"] and main["dependency_images"] == ["opera/pge:1"]
+    assert main["image_name"] == "main:1" and main["argv"] == ["run"] and main["dependency_images"] == [
+        {"image": "opera/pge:1", "image_url": "s3://b/pge.tar.gz"}]
     assert pge == {"image_name": "opera/pge:1", "image_url": "s3://b/pge.tar.gz", "uid": 5, "gid": 6,
                    "user_name": main["user_name"], "working_dir": "/w/jobs/j", "volumes": [["/data/in", "/in:ro"]],
                    "runtime_options": {"memory": "4g"}}
@@ -43,6 +47,25 @@ def _dep_job(dep_name: str, dep_url: str) -> dict[str, Any]:
         {"container_image_name": dep_name, "container_image_url": dep_url, "container_mappings": {},
          "runtime_options": {}}]
     return job
+
+
+def test_dry_run_shows_dependencies_with_expanded_urls(tmp_path: Path) -> None:
+    runner, _ = _runner(tmp_path, FakeBackend(), CODE_BUCKET_URL="s3://code")
+    spec = runner.plan(_dep_job("opera/pge:1", "$CODE_BUCKET_URL/pge.tar.gz"))
+    assert spec.as_dict()["dependency_images"] == [{"image": "opera/pge:1", "image_url": "s3://code/pge.tar.gz"}]
+
+
+@pytest.mark.parametrize("deps", [[{"container_image_url": None}], [{"container_image_name": ""}], ["pge:1"]],
+                         ids=["no-name", "empty-name", "not-an-object"])
+def test_malformed_dependency_is_one_job_failed_naming_the_field(tmp_path: Path, deps: list[Any]) -> None:
+    backend = FakeBackend()
+    runner, sink = _runner(tmp_path, backend)
+    job = make_job("/bin/true")
+    job["params"]["job_specification"]["dependency_images"] = deps
+    runner.run(json.dumps(job))
+    doc = _one_terminal(sink)
+    assert doc["status"] == "job-failed" and "dependency_images[0]" in doc["error"], doc["error"]
+    assert "Traceback" not in doc["error"] and backend.calls == []
 
 
 def test_dependency_image_is_loaded_and_listed(podman_ready: Worker, shared_dir: Path, work_root: Path,

@@ -82,7 +82,7 @@ class ContainerSpec:
             "network": self.network,
             "labels": dict(self.labels),
             "runtime_options": dict(self.runtime_options),
-            "dependency_images": [d.image for d in self.dependencies],
+            "dependency_images": [{"image": d.image, "image_url": d.image_url} for d in self.dependencies],
         }
 
 
