@@ -22,6 +22,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 
 from sandbox_runner.settings import Settings, load_settings
+from sandbox_runner.worker.messages import CheckedTask, report_rejected
 
 TASK_NAME = "sandbox_runner.run_job"
 HYSDS_TASK_NAME = "hysds.job_worker.run_job"
@@ -58,8 +59,10 @@ def make_app(settings: Settings) -> Celery:
     app.steps["worker"].add(make_lifecycle_step(settings))
     signals.worker_shutdown.connect(shutdown, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
+    signals.task_rejected.connect(report_rejected, weak=False)  # a message that is not a task body
     for name in (TASK_NAME, HYSDS_TASK_NAME):
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True)(run_job)
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True,
+                 base=CheckedTask)(run_job)
     return app
 
 
