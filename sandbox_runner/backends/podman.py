@@ -40,7 +40,7 @@ from sandbox_runner.backends.images import ensure_image
 from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman_follow import Follower
 from sandbox_runner.backends.podman_service import default_socket_url, start_service
-from sandbox_runner.backends.podman_spec import build_create_body
+from sandbox_runner.backends.podman_spec import build_create_body, fit_rootful_rlimits, service_rlimits
 from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
 __all__ = ["PodmanBackend", "default_socket_url"]
@@ -94,6 +94,8 @@ class PodmanBackend:
         self.service_runtime = service_runtime
         #: pid of the podman service this backend started (it keeps running for later jobs), else None
         self.service_pid: int | None = None
+        #: as root the service is rootful podman, which raises container rlimits past what the host may grant
+        self.rootful = os.getuid() == 0
 
     # --- the contract -------------------------------------------------------------------------------------------
     def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
@@ -152,8 +154,13 @@ class PodmanBackend:
         tried: set[str] = set()  # each remedy at most once
         while True:
             try:
+                sock = socket_path(self.socket_url)
+                if sock is not None and self.rootful:  # the service's limits, asked on each try: it may be new
+                    body_now = fit_rootful_rlimits(body, service_rlimits(sock))
+                else:
+                    body_now = body
                 with self._create_lock():
-                    return str(self.api.call("POST", "/containers/create", body=body, what="create")["Id"])
+                    return str(self.api.call("POST", "/containers/create", body=body_now, what="create")["Id"])
             except ServiceUnreachable:
                 if "service" in tried or not self.start_service:
                     raise
