@@ -95,6 +95,19 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
 
 
+def _traceback(failure: BaseException) -> str | None:
+    """The real traceback of a bug, or of the foreign error (an OSError, the engine's reply...) one of ours was
+    translated from, even ``from None``: HySDS sends one for these. None for an expected failure (non-zero exit,
+    bad input), which keeps its message as HySDS's own expected failures do."""
+    if not isinstance(failure, SandboxRunnerError):
+        return "".join(tb.format_exception(failure))
+    cause = failure.__cause__ or failure.__context__
+    if cause is None or isinstance(cause, SandboxRunnerError):
+        return None
+    return "".join([*tb.format_exception(cause), "\nThe above exception was translated into:\n\n",
+                    *tb.format_exception(failure, chain=False)])
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -204,8 +217,7 @@ class JobRunner:
         if failure is not None:
             error = str(failure) if isinstance(failure, SandboxRunnerError) else \
                 f"internal error: {type(failure).__name__}: {failure}"
-            trace = "".join(tb.format_exception(failure)) if not isinstance(failure, SandboxRunnerError) \
-                else error
+            trace = _traceback(failure) or error
         if ctx.interrupt is not None:
             error, trace = ctx.interrupt[1], ctx.interrupt[1]
         status = "job-completed" if error is None else (ctx.interrupt[0] if ctx.interrupt else "job-failed")
