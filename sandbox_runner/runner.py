@@ -126,6 +126,7 @@ class JobRunner:
         self.steps: list[Step] = list(steps) if steps is not None else default_steps(backend_for)
         self._current: JobContext | None = None
         self._pending: tuple[str, str, int | None] | None = None
+        self._pending_detail: str | None = None
         self._lock = threading.Lock()
 
     # -- the job path ----------------------------------------------------------------------------------------------
@@ -143,6 +144,7 @@ class JobRunner:
             self._current = ctx
             if self._pending is not None:  # interrupted before the job got here: it starts stopped
                 ctx.interrupt, self._pending = self._pending, None
+                ctx.notes["interrupt_detail"] = self._pending_detail
                 ctx.cancel.set()
         try:
             for step in self.steps:
@@ -169,15 +171,17 @@ class JobRunner:
             with self._lock:
                 self._current = None
 
-    def interrupt(self, status: str, message: str, signum: int | None = None) -> bool:
+    def interrupt(self, status: str, message: str, signum: int | None = None, *, detail: str | None = None) -> bool:
         """Stop the running job from another thread (signal, time limit, revoke). False if none runs; then the
-        next :meth:`run` starts interrupted (a signal can arrive between a worker taking a job and running it)."""
+        next :meth:`run` starts interrupted (a signal can arrive between a worker taking a job and running it).
+        ``detail`` goes to the document's ``traceback`` where ``message`` must be HySDS's exact error text."""
         with self._lock:
             ctx = self._current
             if ctx is None:
-                self._pending = (status, message, signum)
+                self._pending, self._pending_detail = (status, message, signum), detail
                 return False
             ctx.interrupt = (status, message, signum)
+            ctx.notes["interrupt_detail"] = detail
         ctx.cancel.set()
         return True
 
@@ -219,7 +223,7 @@ class JobRunner:
                 f"internal error: {type(failure).__name__}: {failure}"
             trace = _traceback(failure) or error
         if ctx.interrupt is not None:
-            error, trace = ctx.interrupt[1], ctx.interrupt[1]
+            error, trace = ctx.interrupt[1], ctx.notes.get("interrupt_detail") or ctx.interrupt[1]
         status = "job-completed" if error is None else (ctx.interrupt[0] if ctx.interrupt else "job-failed")
         extra: dict[str, Any] = {}
         if ctx.interrupt is not None and ctx.interrupt[2] is not None:
