@@ -27,7 +27,7 @@ from sandbox_runner.steps.admit import AdmitDisk, release_reservation
 from sandbox_runner.steps.base import JobContext, Step
 from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.steps.prepare import ResolveJob
-from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir
+from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
 from sandbox_runner.workdir import job_dir_path
 
 BackendFactory = Callable[[Settings, ContainerSpec], Backend]
@@ -250,6 +250,7 @@ class JobRunner:
                 time.monotonic() - ctx.notes["t_begin"] - float(info.get("cmd_duration") or 0.0), 6)
             if ctx.result is None and not (wd.file("_exit_code")).exists():
                 wd.write_text("_exit_code", f"{info['status']}\n")
+            refresh_context(ctx)
             wd.write_json("_job.json", job)
             wd.mark_done()
             self.emitter.job_info(job)

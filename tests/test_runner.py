@@ -237,3 +237,28 @@ def test_translated_foreign_error_sends_its_real_traceback(tmp_path: Path) -> No
     assert doc["traceback"].startswith("Traceback (most recent call last)")
     assert "FileNotFoundError" in doc["traceback"] and "BackendError: engine failed" in doc["traceback"]
     assert sink.docs()[0]["status"] == "job-started" and "dedup_job" not in sink.docs()[0]
+
+
+def test_documents_carry_the_whole_context_and_host_facts(tmp_path: Path) -> None:
+    def pge(spec: ContainerSpec, io: JobIO) -> int:  # a PGE adds to its context, as HySDS re-reads it after
+        path = Path(spec.workdir, "_context.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), "pge_added": 7}))
+        return 0
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=pge))
+    job = make_job("/run_pge.sh")
+    job["context"] = {"site": "x"}
+    outcome = runner.run(job)
+    assert outcome.job_dir is not None
+    started, done = [d for d in sink.docs() if d.get("resource") == "job"]
+    written = json.loads((outcome.job_dir / "_context.json").read_text())
+    assert started["job"]["context"]["_prov"] == written["_prov"] and started["job"]["context"]["context"] == {
+        "site": "x"}
+    assert written["pge_added"] == 7 and {k: done["job"]["context"].get(k) for k in written} == written
+    assert "context" not in done  # HySDS drops the top-level copy (HC-598)
+    info = done["job"]["job_info"]
+    assert isinstance(info["facts"], dict) and info["facts"]["hysds_execute_node"] == info["execute_node"]
+    assert info["public_ip"] == info["facts"]["hysds_public_ip"] and isinstance(info["public_ip"], str)
+    assert info["facts"]["processorcount"] == os.cpu_count()
+    job_info_doc = [d for d in sink.docs() if d.get("type") == "job_info"][0]
+    assert job_info_doc["job"]["job_info"]["facts"] == info["facts"]
