@@ -24,6 +24,7 @@ from celery.exceptions import Ignore, Reject
 
 from sandbox_runner.errors import WorkerExecutionError
 from sandbox_runner.settings import Settings, load_settings
+from sandbox_runner.worker.messages import CheckedTask, report_rejected
 
 log = structlog.get_logger("sandbox_runner.worker")
 TASK_NAME = "sandbox_runner.run_job"
@@ -61,11 +62,13 @@ def make_app(settings: Settings) -> Celery:
     app.steps["worker"].add(make_lifecycle_step(settings))
     signals.worker_shutdown.connect(shutdown, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
+    signals.task_rejected.connect(report_rejected, weak=False)  # a message that is not a task body
     for name in (TASK_NAME, HYSDS_TASK_NAME):
         # a failed job is acked, not retried or redelivered (its one job-failed is written); an expected
-        # WorkerExecutionError is logged by Celery at INFO without a traceback
+        # WorkerExecutionError is logged by Celery at INFO without a traceback. CheckedTask refuses a message
+        # whose body is not a task's.
         app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True,
-                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,))(run_job)
+                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,), base=CheckedTask)(run_job)
     return app
 
 

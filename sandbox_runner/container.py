@@ -10,12 +10,14 @@ node's network unless the policy denies it). Unlike HySDS, the job gets *no* cop
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sandbox_runner.backends.base import ContainerSpec, Mount
+from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount
 from sandbox_runner.errors import JobFormatError
 from sandbox_runner.mounts import MountPolicy, load_mount_policy, resolve_mounts
 from sandbox_runner.netpolicy import choose_network, load_network_policy
@@ -72,6 +74,71 @@ def _ids(ctx: JobContext, runtime: dict[str, Any]) -> tuple[int | None, int | No
         raise JobFormatError(f"uid/gid must be numbers, got {uid!r}:{gid!r}", field="uid") from None
 
 
+def _dependency_entries(ctx: JobContext) -> list[dict[str, Any]]:
+    """The job's ``dependency_images`` as dicts: the work config's when it names any (HySDS: it overrides),
+    else ``params.job_specification.dependency_images``."""
+    wc = ctx.work_cfg
+    if wc is not None and wc.dependency_images:
+        return [{"container_image_name": d.container_image_name, "container_image_url": d.container_image_url,
+                 "container_mappings": dict(d.container_mappings), "runtime_options": dict(d.runtime_options)}
+                for d in wc.dependency_images]
+    jobspec = (ctx.job.get("params") or {}).get("job_specification") or {}
+    found = jobspec.get("dependency_images") or ctx.job.get("dependency_images") or []
+    if not isinstance(found, list):
+        raise JobFormatError(f"must be a list, got {type(found).__name__}", field="dependency_images")
+    return found
+
+
+def _dependencies(ctx: JobContext, job_dir: str, policy: MountPolicy) -> tuple[DependencyImage, ...]:
+    env = ctx.settings.env
+    deps = []
+    for i, entry in enumerate(_dependency_entries(ctx)):
+        where = f"dependency_images[{i}]"
+        if not isinstance(entry, dict):
+            raise JobFormatError(f"must be an object, got {type(entry).__name__}", field=where)
+        name, url = entry.get("container_image_name"), entry.get("container_image_url")
+        if not isinstance(name, str) or not name.strip():
+            raise JobFormatError("must be a non-empty image name", field=f"{where}.container_image_name")
+        if url is not None and not isinstance(url, str):
+            raise JobFormatError("must be a string or null", field=f"{where}.container_image_url")
+        mappings, options = entry.get("container_mappings") or {}, entry.get("runtime_options") or {}
+        if not isinstance(mappings, dict) or not isinstance(options, dict):
+            raise JobFormatError("container_mappings and runtime_options must be objects", field=where)
+        deps.append(DependencyImage(
+            image=name.strip(),
+            image_url=expand(url, env) if url else None,
+            mounts=tuple(resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)),
+            runtime_options=_runtime_options(dict(options), env),
+        ))
+    return tuple(deps)
+
+
+def _hysds_params(image: str, url: str | None, uid: int, gid: int, working_dir: str, mounts: tuple[Mount, ...],
+                  runtime: Mapping[str, Any]) -> dict[str, Any]:
+    # volumes as HySDS's create_container_params gives them: [host, "container[:mode]"] (ro is written out)
+    return {
+        "image_name": image, "image_url": url, "uid": uid, "gid": gid,
+        "user_name": pwd.getpwuid(os.getuid()).pw_name, "working_dir": working_dir,
+        "volumes": [[m.host, f"{m.container}:{m.mode}"] for m in mounts], "runtime_options": dict(runtime),
+    }
+
+
+def docker_params(spec: ContainerSpec) -> dict[str, dict[str, Any]]:
+    """``_docker_params.json``: one entry per image, keyed by its name, main image and every dependency, each in
+    HySDS's shape (section 6; OPERA's PGE wrapper reads ``docker_params[<dependency image>]``). The main entry
+    also carries our own spec fields (argv, env, labels, network), which ``--dry-run`` shows."""
+    uid = spec.uid if spec.uid is not None else os.getuid()
+    gid = spec.gid if spec.gid is not None else os.getgid()
+    params: dict[str, dict[str, Any]] = {}
+    if spec.image:
+        params[spec.image] = {**spec.as_dict(), **_hysds_params(spec.image, spec.image_url, uid, gid, spec.workdir,
+                                                                spec.mounts, spec.runtime_options)}
+    for dep in spec.dependencies:
+        params.setdefault(dep.image, _hysds_params(dep.image, dep.image_url, uid, gid, spec.workdir, dep.mounts,
+                                                   dep.runtime_options))
+    return params
+
+
 def container_name(job_id: str) -> str:
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", job_id)[:40].strip("-.") or "job"
     return f"sr-{safe}-{uuid.uuid4().hex[:8]}"
@@ -112,4 +179,5 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
         labels=labels,
         runtime_options=runtime,
         stop_grace=settings.stop_grace,
+        dependencies=_dependencies(ctx, job_dir, policy),
     )

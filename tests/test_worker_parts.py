@@ -133,6 +133,39 @@ def test_finished_or_revoked_jobs_are_not_run(redis_url: str, task_id: str) -> N
     assert guard.admit(task_id).reason == "revoked"
 
 
+@pytest.mark.parametrize("status", ["job-completed", "job-failed", "job-revoked", "job-deduped"])
+def test_a_truly_finished_job_is_never_run_again(redis_url: str, task_id: str, status: str) -> None:
+    redis.Redis.from_url(redis_url).set(f"hysds-job-status-{task_id}", status)
+    admission = LeaseGuard(redis_url, "celery@a.01.h", ttl=1.0).admit(task_id)
+    assert not admission.run and admission.reason == "finished" and admission.status == status
+
+
+def test_a_job_offline_runs_again_once_fenced(redis_url: str, task_id: str) -> None:
+    """job-offline: reconcile closed a run whose worker died; the redelivered message runs it again, under a
+    newer token (the dead run, should it wake, is fenced out), and a second delivery meanwhile is not run."""
+    r = redis.Redis.from_url(redis_url)
+    dead = LeaseGuard(redis_url, "celery@a.01.h", ttl=1.0).admit(task_id)
+    assert dead.lease is not None and dead.lease.token == 1
+    r.delete(f"sandbox-runner-lease-{task_id}")  # reconcile clears its dead predecessor's lease
+    r.set(f"hysds-job-status-{task_id}", "job-offline")
+    guard = LeaseGuard(redis_url, "celery@a.01.h", ttl=1.0)
+    again = guard.admit(task_id)
+    assert again.run and again.reason == "taken-over" and again.lease is not None and again.lease.token == 2
+    assert not dead.lease.holds() and not guard.finished(task_id)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.3):
+            assert again.lease is not None and again.lease.renew()
+
+    threading.Thread(target=renew, daemon=True).start()
+    try:
+        twice = LeaseGuard(redis_url, "celery@b.01.h", ttl=1.0).admit(task_id)
+        assert not twice.run and twice.reason == "running-elsewhere"
+    finally:
+        stop.set()
+
+
 def test_no_redis_fails_open() -> None:
     admission = LeaseGuard(f"redis://127.0.0.1:{free_port()}/0", "celery@a.01.h", ttl=1.0).admit("x")
     assert admission.run and admission.reason == "unguarded" and admission.lease is None

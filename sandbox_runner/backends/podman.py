@@ -41,7 +41,7 @@ from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnrea
 from sandbox_runner.backends.podman_follow import Follower
 from sandbox_runner.backends.podman_service import default_socket_url, start_service
 from sandbox_runner.backends.podman_spec import build_create_body
-from sandbox_runner.errors import BackendError, SandboxRunnerError
+from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
 __all__ = ["PodmanBackend", "default_socket_url"]
 
@@ -107,8 +107,10 @@ class PodmanBackend:
         if "resource_limits" in body and _limits_unenforced():
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
         for attempt in range(3):
-            cid = self._create(body, spec)
+            cid = self._create(body, spec)  # starts the service if need be, and loads the main image
             try:
+                if attempt == 0:
+                    self._ensure_dependencies(spec)
                 return self._run(cid, spec, io)
             except BackendError as exc:
                 self._remove(cid)  # podman's auto-removal needs the container to have run and exited
@@ -171,6 +173,14 @@ class PodmanBackend:
                     time.sleep(0.02 * len(tried))
                 else:
                     raise BackendError(f"could not create the job's container: {exc.message}") from None
+
+    def _ensure_dependencies(self, spec: ContainerSpec) -> None:
+        """Every dependency image present before the job (HySDS loads them as it loads the main image)."""
+        for dep in spec.dependencies:
+            try:
+                ensure_image(self.api, dep.image, dep.image_url, self.image_cache, pull=self.pull)
+            except ImageError as exc:
+                raise ImageError(f"dependency image '{dep.image}' could not be made present: {exc}") from None
 
     def _remove_stale(self, name: str) -> bool:
         """A container left by a worker that died (same job name, not running) is removed; others are not."""

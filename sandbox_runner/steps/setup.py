@@ -6,7 +6,7 @@ import json
 import time
 from typing import ClassVar
 
-from sandbox_runner.container import build_spec
+from sandbox_runner.container import build_spec, docker_params
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.hostfacts import host_facts
 from sandbox_runner.mounts import MountPolicy, load_mount_policy
@@ -108,5 +108,5 @@ class BuildContainer:
         ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
         ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
         backend_name = ctx.backend.name
-        wd.write_json("_docker_params.json", {spec.image: spec.as_dict()} if spec.image else {})
+        wd.write_json("_docker_params.json", docker_params(spec))
         wd.write_text("_run.sh", render_run_script(spec, backend_name, ctx.settings.podman_socket), 0o755)

@@ -5,7 +5,9 @@ the worker was killed, or only cut off from the broker while it keeps running th
 sleeping 60 s and looking again; here each delivery is judged from Redis, without fixed sleeps:
 
 1. ``hysds-revoked-task-<task_id>`` set -> revoked, not run (HySDS's revoke tools set it).
-2. ``hysds-job-status-<task_id>`` terminal (completed, failed, offline, ...) -> already finished, not run.
+2. ``hysds-job-status-<task_id>`` terminal (completed, failed, revoked, deduped, ...) -> already finished, not
+   run. Not ``job-offline``: a restarted worker's reconcile says that of a run whose worker died, and the broker
+   redelivers the message exactly because that run never finished; the lease below fences the rerun.
 3. Otherwise take the lease ``sandbox-runner-lease-<task_id>`` (a hash: fencing ``token``, ``worker``, ``beat``;
    a time to live renewed every third of it while the job runs). Free -> ours, with a token one higher than any
    before it (``sandbox-runner-fence-<task_id>`` counts). Held -> watch it for at most one TTL: if its ``beat``
@@ -30,6 +32,9 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.sinks import STATUS_KEY_PREFIX
 
 log = structlog.get_logger("sandbox_runner.worker")
+
+#: statuses after which a redelivered job is not run again (job-offline: its worker died, the job did not finish)
+FINISHED_STATUSES = TERMINAL_STATUSES - {"job-offline"}
 
 LEASE_PREFIX = "sandbox-runner-lease-"
 FENCE_PREFIX = "sandbox-runner-fence-"
@@ -133,7 +138,7 @@ class LeaseGuard:
         status, revoked = self._statuses(task_id)
         if revoked:
             return Admission(False, "revoked", status=status)
-        if status in TERMINAL_STATUSES:
+        if status in FINISHED_STATUSES:
             return Admission(False, "finished", status=status)
         keys = [f"{LEASE_PREFIX}{task_id}", f"{FENCE_PREFIX}{task_id}", f"{TASK_WORKER_PREFIX}{task_id}"]
         deadline = time.monotonic() + self.ttl + 1.0
@@ -151,14 +156,14 @@ class LeaseGuard:
                 # the owner renewed: it is alive and running this job (or a lease that never expires: not ours)
                 return Admission(False, "running-elsewhere", status=status, holder=holder)
             status, revoked = self._statuses(task_id)
-            if revoked or status in TERMINAL_STATUSES:
+            if revoked or status in FINISHED_STATUSES:
                 return Admission(False, "revoked" if revoked else "finished", status=status)
             time.sleep(min(0.5, self.ttl / 10))
 
     def finished(self, task_id: str) -> bool:
-        """Is the job's status terminal already? (False when Redis cannot say.)"""
+        """Has the job finished (a terminal status other than job-offline)? (False when Redis cannot say.)"""
         try:
-            return self._statuses(task_id)[0] in TERMINAL_STATUSES
+            return self._statuses(task_id)[0] in FINISHED_STATUSES
         except redis.RedisError:
             return False
 
