@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from celery_helpers import OwnRedis, free_port, wait_for
 from conftest import make_job, read_status_list
 
@@ -49,7 +48,7 @@ def test_job_info_goes_to_its_own_redis_when_configured(tmp_path: Path, own_redi
         wait_for(lambda: _types(info.url, job["task_id"]) == ["job_info"], 10, what="job_info on the info redis")
         wait_for(lambda: _types(own_redis.url, job["task_id"]) == ["job-started", "job-completed"], 10,
                  what="status documents on the status redis")
-        doc = [d for d in read_status_list(info.url, "logstash") if d.get("type") == "job_info"][0]
+        doc = next(d for d in read_status_list(info.url, "logstash") if d.get("type") == "job_info")
         assert doc["job"]["job_id"] == job["job_id"] and "facts" in doc["job"]["job_info"]
     finally:
         info.stop()

@@ -260,5 +260,5 @@ def test_documents_carry_the_whole_context_and_host_facts(tmp_path: Path) -> Non
     assert isinstance(info["facts"], dict) and info["facts"]["hysds_execute_node"] == info["execute_node"]
     assert info["public_ip"] == info["facts"]["hysds_public_ip"] and isinstance(info["public_ip"], str)
     assert info["facts"]["processorcount"] == os.cpu_count()
-    job_info_doc = [d for d in sink.docs() if d.get("type") == "job_info"][0]
+    job_info_doc = next(d for d in sink.docs() if d.get("type") == "job_info")
     assert job_info_doc["job"]["job_info"]["facts"] == info["facts"]
