@@ -27,7 +27,7 @@ from sandbox_runner.steps.admit import AdmitDisk, release_reservation
 from sandbox_runner.steps.base import JobContext, Step
 from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.steps.prepare import ResolveJob
-from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir
+from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
 from sandbox_runner.workdir import job_dir_path
 
 BackendFactory = Callable[[Settings, ContainerSpec], Backend]
@@ -95,6 +95,19 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
 
 
+def _traceback(failure: BaseException) -> str | None:
+    """The real traceback of a bug, or of the foreign error (an OSError, the engine's reply...) one of ours was
+    translated from, even ``from None``: HySDS sends one for these. None for an expected failure (non-zero exit,
+    bad input), which keeps its message as HySDS's own expected failures do."""
+    if not isinstance(failure, SandboxRunnerError):
+        return "".join(tb.format_exception(failure))
+    cause = failure.__cause__ or failure.__context__
+    if cause is None or isinstance(cause, SandboxRunnerError):
+        return None
+    return "".join([*tb.format_exception(cause), "\nThe above exception was translated into:\n\n",
+                    *tb.format_exception(failure, chain=False)])
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -113,6 +126,7 @@ class JobRunner:
         self.steps: list[Step] = list(steps) if steps is not None else default_steps(backend_for)
         self._current: JobContext | None = None
         self._pending: tuple[str, str, int | None] | None = None
+        self._pending_detail: str | None = None
         self._lock = threading.Lock()
 
     # -- the job path ----------------------------------------------------------------------------------------------
@@ -130,6 +144,7 @@ class JobRunner:
             self._current = ctx
             if self._pending is not None:  # interrupted before the job got here: it starts stopped
                 ctx.interrupt, self._pending = self._pending, None
+                ctx.notes["interrupt_detail"] = self._pending_detail
                 ctx.cancel.set()
         try:
             for step in self.steps:
@@ -156,15 +171,17 @@ class JobRunner:
             with self._lock:
                 self._current = None
 
-    def interrupt(self, status: str, message: str, signum: int | None = None) -> bool:
+    def interrupt(self, status: str, message: str, signum: int | None = None, *, detail: str | None = None) -> bool:
         """Stop the running job from another thread (signal, time limit, revoke). False if none runs; then the
-        next :meth:`run` starts interrupted (a signal can arrive between a worker taking a job and running it)."""
+        next :meth:`run` starts interrupted (a signal can arrive between a worker taking a job and running it).
+        ``detail`` goes to the document's ``traceback`` where ``message`` must be HySDS's exact error text."""
         with self._lock:
             ctx = self._current
             if ctx is None:
-                self._pending = (status, message, signum)
+                self._pending, self._pending_detail = (status, message, signum), detail
                 return False
             ctx.interrupt = (status, message, signum)
+            ctx.notes["interrupt_detail"] = detail
         ctx.cancel.set()
         return True
 
@@ -204,10 +221,9 @@ class JobRunner:
         if failure is not None:
             error = str(failure) if isinstance(failure, SandboxRunnerError) else \
                 f"internal error: {type(failure).__name__}: {failure}"
-            trace = "".join(tb.format_exception(failure)) if not isinstance(failure, SandboxRunnerError) \
-                else error
+            trace = _traceback(failure) or error
         if ctx.interrupt is not None:
-            error, trace = ctx.interrupt[1], ctx.interrupt[1]
+            error, trace = ctx.interrupt[1], ctx.notes.get("interrupt_detail") or ctx.interrupt[1]
         status = "job-completed" if error is None else (ctx.interrupt[0] if ctx.interrupt else "job-failed")
         extra: dict[str, Any] = {}
         if ctx.interrupt is not None and ctx.interrupt[2] is not None:
@@ -234,6 +250,7 @@ class JobRunner:
                 time.monotonic() - ctx.notes["t_begin"] - float(info.get("cmd_duration") or 0.0), 6)
             if ctx.result is None and not (wd.file("_exit_code")).exists():
                 wd.write_text("_exit_code", f"{info['status']}\n")
+            refresh_context(ctx)
             wd.write_json("_job.json", job)
             wd.mark_done()
             self.emitter.job_info(job)

@@ -27,6 +27,8 @@ class Settings:
     backend: str = "podman"
     #: Redis for status documents; None = events go to ``<work_root>/events/events.msgpack``.
     redis_url: str | None = None
+    #: Redis for job_info documents (HySDS's metrics Redis, ``REDIS_INFO_URL``); None = the status Redis.
+    redis_info_url: str | None = None
     status_key: str = "logstash"
     job_info_key: str = "logstash"
     status_expires: int = 86400
@@ -103,6 +105,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_WORK_ROOT": "work_root",
     "SANDBOX_RUNNER_BACKEND": "backend",
     "SANDBOX_RUNNER_REDIS_URL": "redis_url",
+    "SANDBOX_RUNNER_REDIS_INFO_URL": "redis_info_url",
     "SANDBOX_RUNNER_STATUS_KEY": "status_key",
     "SANDBOX_RUNNER_JOB_INFO_KEY": "job_info_key",
     "SANDBOX_RUNNER_STATUS_EXPIRES": "status_expires",

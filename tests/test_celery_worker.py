@@ -329,7 +329,8 @@ def test_soft_time_limit_stops_the_container_and_triage_runs(start_worker, podma
     assert time.monotonic() - t0 < 3 + 2 + 10  # limit + grace + slack
     doc = terminal_docs(redis_url, status_key, job["task_id"])
     assert [d["status"] for d in doc] == ["job-failed"]
-    assert doc[0]["error"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
+    assert doc[0]["error"] == "SoftTimeLimitExceeded()"  # HySDS's text: sites match on it
+    assert doc[0]["traceback"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
     assert doc[0]["job"]["job_info"]["status"] in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
     label = f"sandbox_runner.task_id={job['task_id']}"
     wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes

@@ -95,6 +95,8 @@ def job_status_doc(
         doc["error"] = error
         doc["short_error"] = short_error(error)
         doc["traceback"] = traceback or error
+    if status == "job-failed":  # HySDS's failed-job documents name no duplicate, as an explicit null
+        doc["dedup_job"] = None
     if extra:
         doc.update(extra)
     return doc

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from sandbox_runner.worker.service import TaskInfo
 
 log = structlog.get_logger("sandbox_runner.worker")
+#: what HySDS reports when the soft limit fires: ``str(celery.exceptions.SoftTimeLimitExceeded())``
+SOFT_LIMIT_ERROR = "SoftTimeLimitExceeded()"
 
 
 def _seconds(value: Any) -> float | None:
@@ -86,8 +88,10 @@ class TimeLimits:
     def _on_soft(self) -> None:
         assert self.soft is not None
         log.warning("soft-time-limit", job_id=self.job_id, seconds=self.soft)
-        self.runner.interrupt("job-failed", f"Soft time limit ({self.soft:g}s) exceeded for {self.job_id}: its "
-                              f"container was stopped (SIGTERM, {self.settings.stop_grace:g}s grace, SIGKILL).")
+        # the error is HySDS's own text (str of Celery's SoftTimeLimitExceeded()): sites match on it
+        self.runner.interrupt("job-failed", SOFT_LIMIT_ERROR, detail=(
+            f"Soft time limit ({self.soft:g}s) exceeded for {self.job_id}: its container was stopped (SIGTERM, "
+            f"{self.settings.stop_grace:g}s grace, SIGKILL)."))
 
     def _on_hard(self) -> None:
         assert self.hard is not None
