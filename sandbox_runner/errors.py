@@ -83,6 +83,16 @@ class CommandFailed(SandboxRunnerError):
         super().__init__(message or f"Got non-zero exit code: {exit_code}")
 
 
+class EngineFailed(CommandFailed):
+    """The engine could not start the job's command (not found, not executable, runtime refused). The message
+    is the backend's sentence with the engine's reason; ``exit_code`` is what ``_exit_code`` records."""
+
+    kind = "engine"
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(exit_code, message)
+
+
 class JobInterrupted(SandboxRunnerError):
     """The job was stopped from outside: a caught signal, a time limit or a revoke."""
 

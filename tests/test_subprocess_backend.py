@@ -150,6 +150,8 @@ def test_command_not_found_is_exit_127(backend: SubprocessBackend, job_dir: Path
     result, out, err = run(backend, spec(job_dir, "sr-no-such-command-xyz", "arg"))
     assert result.exit_code == 127 and out == ""
     assert err == 'Unable to exec "sr-no-such-command-xyz": No such file or directory\n'
+    assert result.engine_error == ("the sandbox could not start the job: executable file not found: "
+                                   "sr-no-such-command-xyz")
 
 
 def test_command_not_executable_is_exit_127(backend: SubprocessBackend, job_dir: Path) -> None:
@@ -157,6 +159,7 @@ def test_command_not_executable_is_exit_127(backend: SubprocessBackend, job_dir:
     result, _, err = run(backend, spec(job_dir, "./run.sh"))
     assert result.exit_code == 127
     assert err == 'Unable to exec "./run.sh": Permission denied\n'
+    assert result.engine_error == "the sandbox could not start the job: permission denied: ./run.sh"
     (job_dir / "run.sh").chmod(0o755)  # and with the bit set, a job-dir-relative command runs
     assert run(backend, spec(job_dir, "./run.sh"))[1] == "hi\n"
 

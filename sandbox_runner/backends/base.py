@@ -109,6 +109,10 @@ class RunResult:
     ended: float  # time.time() when it exited
     container_id: str | None = None
     image_id: str | None = None
+    #: set when the engine could not start the command at all (executable not found or not executable, the OCI
+    #: runtime refused): a whole sentence with the engine's own reason. The job then fails with it rather than
+    #: with HySDS's "Got non-zero exit code", which is kept for a command that ran and exited non-zero.
+    engine_error: str | None = None
 
 
 class Backend(Protocol):

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -63,7 +64,28 @@ def _limits_unenforced() -> bool:
 
 KEEPID_RACE = "keep-id requires additional UIDs or GIDs"
 _CREATE_THREADS = threading.Lock()
-START_FAILED = "could not start the job's container: "
+START_FAILED = "container engine could not start the job: "
+#: what the container's init (catatonit, ``--init``) prints when it cannot exec the command, then exits 1: the
+#: engine's failure, though it comes back as the container's exit code
+_INIT_EXEC_FAILED = re.compile(rb"^ERROR \(catatonit:\d+\): failed to exec pid1: (?P<reason>[^\n]+)")
+
+
+def _init_exec_failure(exit_code: int, io: JobIO, spec: ContainerSpec) -> str | None:
+    """The engine's sentence when the container's init could not exec the command, else None."""
+    if exit_code == 0:
+        return None
+    try:
+        with open(io.stderr, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    found = _INIT_EXEC_FAILED.match(head)
+    if found is None:
+        return None
+    reason = found["reason"].decode(errors="replace").strip()
+    what = "executable file not found" if reason == "No such file or directory" else reason.lower()
+    program = spec.argv[0] if spec.argv else "(no command)"
+    return f"{START_FAILED}{what}: {program} (catatonit: failed to exec pid1: {reason})"
 
 
 class PodmanBackend:
@@ -221,7 +243,7 @@ class PodmanBackend:
                 if code is None:
                     raise BackendError(f"{START_FAILED}{exc.message}") from None
                 err.write(f"podman: {exc.message}\n".encode())
-                return RunResult(code, 0, started, time.time(), cid, None)
+                return RunResult(code, 0, started, time.time(), cid, None, engine_error=f"{START_FAILED}{exc.message}")
             pid = int((info.get("State") or {}).get("Pid") or 0)
             io.on_start(pid, cid)
             self._follow(cid, spec, io, follower)
@@ -230,7 +252,8 @@ class PodmanBackend:
                     raise follower.error
                 raise BackendError(f"lost track of the job's container: {follower.error}") from None
             assert follower.exit_code is not None
-            return RunResult(follower.exit_code, pid, started, time.time(), cid, info.get("Image"))
+        return RunResult(follower.exit_code, pid, started, time.time(), cid, info.get("Image"),
+                         engine_error=_init_exec_failure(follower.exit_code, io, spec))
 
     def _follow(self, cid: str, spec: ContainerSpec, io: JobIO, follower: Follower) -> None:
         """Block until the job has exited; stop it if ``io.cancel`` gets set meanwhile."""

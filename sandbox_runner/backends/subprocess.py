@@ -329,4 +329,6 @@ def _unable_to_exec(cmd: str, reason: str, err: BinaryIO) -> RunResult:
     err.write(f'Unable to exec "{cmd}": {reason}\n'.encode())
     err.flush()
     now = time.time()
-    return RunResult(exit_code=127, pid=0, started=now, ended=now)
+    what = "executable file not found" if reason == "No such file or directory" else reason.lower()
+    return RunResult(exit_code=127, pid=0, started=now, ended=now,
+                     engine_error=f"the sandbox could not start the job: {what}: {cmd}")

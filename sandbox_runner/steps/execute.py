@@ -8,7 +8,7 @@ from typing import ClassVar
 import structlog
 
 from sandbox_runner.backends.base import JobIO
-from sandbox_runner.errors import CommandFailed, SandboxRunnerError, StepError
+from sandbox_runner.errors import CommandFailed, EngineFailed, SandboxRunnerError, StepError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.steps import registry
 from sandbox_runner.steps.base import JobContext
@@ -66,6 +66,8 @@ class RunCommand:
         if result.image_id:
             ctx.context["container_image_id"] = result.image_id
             ctx.job["container_image_id"] = result.image_id
+        if result.engine_error:
+            raise EngineFailed(result.exit_code, result.engine_error)
         if result.exit_code != 0:
             raise CommandFailed(result.exit_code)
 
