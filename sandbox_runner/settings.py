@@ -64,6 +64,9 @@ class Settings:
     drain_window: float = 5.0
     lease_ttl: float = 30.0
     spool_dir: Path | None = None
+    #: Redis broker only: seconds before an unacked message (its worker was SIGKILLed) is delivered again;
+    #: None = kombu's default, one hour. RabbitMQ redelivers as soon as the connection drops.
+    broker_visibility_timeout: int | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -122,6 +125,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_DRAIN_WINDOW": "drain_window",
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
+    "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
