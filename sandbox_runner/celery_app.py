@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Celery, Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
+from sandbox_runner.errors import WorkerExecutionError
 from sandbox_runner.settings import Settings, load_settings
+from sandbox_runner.worker.messages import CheckedTask, report_rejected
 
+log = structlog.get_logger("sandbox_runner.worker")
 TASK_NAME = "sandbox_runner.run_job"
 HYSDS_TASK_NAME = "hysds.job_worker.run_job"
 
@@ -64,14 +68,21 @@ def make_app(settings: Settings) -> Celery:
     app.steps["worker"].add(make_lifecycle_step(settings))
     signals.worker_shutdown.connect(shutdown, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
+    signals.task_rejected.connect(report_rejected, weak=False)  # a message that is not a task body
     for name in (TASK_NAME, HYSDS_TASK_NAME):
-        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True)(run_job)
+        # a failed job is acked, not retried or redelivered (its one job-failed is written); an expected
+        # WorkerExecutionError is logged by Celery at INFO without a traceback. CheckedTask refuses a message
+        # whose body is not a task's.
+        app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True,
+                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,), base=CheckedTask)(run_job)
     return app
 
 
-def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str, Any]:
-    """The task body (HySDS's signature). ``queue_when_finished`` (user rules on the orchestrator) is accepted and
-    not acted on: sandbox_runner has no orchestrator side."""
+def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The task body: HySDS's ``run_job(job, queue_when_finished=True)``. With ``queue_when_finished`` (HySDS's
+    default) a finished job is handed to the orchestrator's user rules, as HySDS does. Any arguments are taken,
+    so a message with no job (or a list, a string) reaches the runner and ends as one job-failed rather than a
+    TypeError in Celery that the job tracker never hears of."""
     from sandbox_runner.worker.lifecycle import current_service
     from sandbox_runner.worker.service import TaskInfo
 
@@ -79,9 +90,54 @@ def run_job(self: Task, job: Any, queue_when_finished: bool = True) -> dict[str,
     hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]
     task = TaskInfo(task_id=str(req.id), delivery_info=dict(req.delivery_info or {}), hard_limit=hard,
                     soft_limit=soft)
-    result = current_service().run_task(task, job)
+    job = args[0] if args else kwargs.get("job")
+    queue_when_finished = args[1] if len(args) > 1 else kwargs.get("queue_when_finished", True)
+    service = current_service()
+    result = service.run_task(task, job)
     if result is None:
         raise Reject("the worker is shutting down; back to the queue", requeue=True)
+    if queue_when_finished and service.settings.user_rules_queue:
+        _queue_user_rules(self, service.settings.user_rules_queue, job, result)
+    return _task_outcome(self, result, revoke_announced=service.was_revoked(task.task_id))
+
+
+USER_RULES_TASK = "hysds.task_worker.run_task"
+
+
+def _queue_user_rules(task: Task, queue: str, job: Any, result: dict[str, Any]) -> None:
+    """HySDS's ``queue_finished_job``: mozart's user rules evaluate the finished job (trigger rules fire).
+    Not for a revoked job (HySDS's revoke handler sends none) nor a deduped one: ours is a redelivery or a lost
+    lease, whose job the first run already handed over."""
+    status = result.get("status")
+    if status in ("job-revoked", "job-deduped") or result.get("payload_id") is None:
+        return  # (no payload id: a job too malformed to name one; there is nothing to evaluate)
+    info = (job.get("job_info") if isinstance(job, dict) else None) or {}
+    index = info.get("index") if status == "job-completed" else "job_failed"
+    payload = {"type": "user_rules_job", "function": "hysds.user_rules_job.evaluate_user_rules_job",
+               "args": [result.get("payload_id")], "kwargs": {"index": index}}
+    try:
+        task.app.send_task(USER_RULES_TASK, args=(payload,), queue=queue)
+    except Exception as exc:  # the job's status is written; a broker that refuses this must not undo it
+        log.error("user-rules-not-queued", task_id=result.get("uuid"), queue=queue, error=str(exc))
+
+
+#: statuses that end the Celery task SUCCESS, as in HySDS (a deduped job returns normally there too)
+_SUCCEEDED = frozenset({"job-completed", "job-deduped"})
+
+
+def _task_outcome(task: Task, result: dict[str, Any], *, revoke_announced: bool) -> dict[str, Any]:
+    """The Celery state HySDS's tools see: SUCCESS for a completed job, REVOKED for a revoked one, FAILURE (a
+    ``WorkerExecutionError``, HySDS's) for a failed one. Every terminal status document is already written."""
+    status = result.get("status")
+    if status == "job-revoked":
+        if not revoke_announced:  # revoked by HySDS's redis key, not a Celery revoke: announce it as Celery would
+            task.backend.mark_as_revoked(task.request.id, "terminated", request=task.request)
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        # Celery has stored REVOKED (TaskRevokedError('terminated')) and sent task-revoked; Ignore keeps it from
+        # overwriting that with SUCCESS or FAILURE and sending a second event
+        raise Ignore()
+    if status not in _SUCCEEDED:
+        raise WorkerExecutionError(str(result.get("error") or status), result)
     return result
 
 

@@ -53,13 +53,15 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def validate(files: list[str]) -> int:
-    from sandbox_runner.models import validate_file
+    from sandbox_runner.models.detect import step_warnings, validate_file
 
     worst = EXIT_OK
     for path in files:
         kind, error = validate_file(path)
         if error is None:
-            print(f"{path}: {kind}: valid")
+            # an unknown step name is valid HySDS (any importable function) but fails run-job here: say so
+            warnings = "".join(f" (warning: {w}; run-job on this worker fails such a job)" for w in step_warnings(path))
+            print(f"{path}: {kind}: valid{warnings}")
         else:
             print(f"{path}: {kind}: invalid: {error}")
             worst = EXIT_USAGE

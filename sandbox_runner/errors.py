@@ -94,6 +94,17 @@ class JobInterrupted(SandboxRunnerError):
         super().__init__(message)
 
 
+class WorkerExecutionError(SandboxRunnerError):
+    """A job ended failed and its terminal status is already written. Raised to Celery (as HySDS raises its
+    exception of this name) so the task ends ``FAILURE`` with a task-failed event; never caught by the runner."""
+
+    kind = "job-failed"
+
+    def __init__(self, message: str, job_status: dict[str, object] | None = None) -> None:
+        self.job_status = job_status  # not in args: Celery rebuilds the exception client-side from args alone
+        super().__init__(message)
+
+
 class EventSinkError(SandboxRunnerError):
     """An event could not be delivered to its sink (Redis down, spool not writable)."""
 
@@ -123,3 +134,9 @@ class NoClobberError(PublishError):
     """A dataset already exists at its location and the job neither forces nor retries it."""
 
     kind = "no-clobber"
+
+
+class SchedulerError(SandboxRunnerError):
+    """A batch scheduler (Slurm's sbatch, squeue) refused or failed; the message carries its own words."""
+
+    kind = "scheduler"

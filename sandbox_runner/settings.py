@@ -27,6 +27,8 @@ class Settings:
     backend: str = "podman"
     #: Redis for status documents; None = events go to ``<work_root>/events/events.msgpack``.
     redis_url: str | None = None
+    #: Redis for job_info documents (HySDS's metrics Redis, ``REDIS_INFO_URL``); None = the status Redis.
+    redis_info_url: str | None = None
     status_key: str = "logstash"
     job_info_key: str = "logstash"
     status_expires: int = 86400
@@ -35,6 +37,7 @@ class Settings:
     datasets_cfg: Path | None = None
     mount_policy: Path | None = None
     fs_policy: Path | None = None
+    network_policy: Path | None = None
     #: the name this worker reports as ``celery_hostname`` (HySDS: ``celery@<program>.<NN>.<host>``).
     worker_name: str = field(default_factory=lambda: f"sandbox-runner@{socket.gethostname()}")
     #: overrides the filesystem policy's ``free.space_percent`` when set
@@ -67,6 +70,11 @@ class Settings:
     #: Redis broker only: seconds before an unacked message (its worker was SIGKILLed) is delivered again;
     #: None = kombu's default, one hour. RabbitMQ redelivers as soon as the connection drops.
     broker_visibility_timeout: int | None = None
+    #: inside a Slurm pilot: seconds before the allocation's end by which jobs must be done (the pilot's
+    #: ``--grace``; its script exports it). Jobs whose time limit does not fit before then are handed back.
+    pilot_grace: float = 120.0
+    #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
+    user_rules_queue: str = "user_rules_job"
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -100,12 +108,14 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_WORK_ROOT": "work_root",
     "SANDBOX_RUNNER_BACKEND": "backend",
     "SANDBOX_RUNNER_REDIS_URL": "redis_url",
+    "SANDBOX_RUNNER_REDIS_INFO_URL": "redis_info_url",
     "SANDBOX_RUNNER_STATUS_KEY": "status_key",
     "SANDBOX_RUNNER_JOB_INFO_KEY": "job_info_key",
     "SANDBOX_RUNNER_STATUS_EXPIRES": "status_expires",
     "SANDBOX_RUNNER_PODMAN_SOCKET": "podman_socket",
     "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
     "SANDBOX_RUNNER_POLICY": "fs_policy",
+    "SANDBOX_RUNNER_NETWORK_POLICY": "network_policy",
     "SANDBOX_RUNNER_WORKER_NAME": "worker_name",
     "SANDBOX_RUNNER_MIN_FREE_PERCENT": "min_free_percent",
     "SANDBOX_RUNNER_STOP_GRACE": "stop_grace",
@@ -126,6 +136,8 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
     "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
+    "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
+    "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from celery.exceptions import TaskRevokedError
 from celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
 from conftest import Worker, make_job, read_status_list
 
@@ -128,11 +130,117 @@ def test_a_job_revoked_before_delivery_is_not_run(start_worker, rabbit_url: str,
     r = redis.Redis.from_url(redis_url)
     r.set(f"hysds-revoked-task-{job['task_id']}", "1", ex=600)  # what HySDS's revoke tools set
     try:
-        assert send(rabbit_url, redis_url, w.queue, job).get(timeout=60)["status"] == "job-revoked"
+        res = send(rabbit_url, redis_url, w.queue, job)
+        with pytest.raises(TaskRevokedError, match="terminated"):
+            res.get(timeout=60)
+        assert res.state == "REVOKED"
     finally:
         r.delete(f"hysds-revoked-task-{job['task_id']}")
     docs = job_docs(redis_url, status_key, job["task_id"])
     assert [(d["status"], d.get("signum")) for d in docs] == [("job-revoked", 0)]
+
+
+class TaskEvents:
+    """Celery's task events from the broker, as Flower and mozart's process_events receive them (msgpack)."""
+
+    def __init__(self, broker: str, backend: str) -> None:
+        import threading
+
+        self.app = client(broker, backend)
+        self.seen: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self._conn = self.app.connection_for_read()
+        self._recv = self.app.events.Receiver(self._conn, handlers={"*": self._on_event}, accept={"msgpack", "json"})
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self.ready.wait(20), "no Celery event arrived (the worker sends a heartbeat every second or two)"
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.seen.append(event)
+        self.ready.set()
+
+    def _run(self) -> None:
+        for _ in self._recv.consume(limit=None, timeout=None, wakeup=False):
+            if self._recv.should_stop:
+                break
+
+    def types(self, task_id: str) -> list[str]:
+        return [e["type"] for e in list(self.seen) if e.get("uuid") == task_id]
+
+    def close(self) -> None:
+        self._recv.should_stop = True
+        self._thread.join(timeout=5)
+        self._conn.release()
+
+
+def test_task_states_are_hysds_success_failure_and_revoked(start_worker, podman_ready: Worker, rabbit_url: str,
+                                                           redis_url: str, status_key: str) -> None:
+    """Completed: SUCCESS. Failed: FAILURE (WorkerExecutionError, task-failed), acked once, one job-failed.
+    Revoked mid-run: REVOKED (TaskRevokedError('terminated')), task-revoked and nothing after it."""
+    from kombu import Connection
+
+    w = start_worker(rabbit_url)
+    events = TaskEvents(rabbit_url, redis_url)
+    try:
+        ok, bad = make_job("echo fine"), make_job("sh -c 'echo broken >&2; exit 3'")
+        r_ok, r_bad = send(rabbit_url, redis_url, w.queue, ok), send(rabbit_url, redis_url, w.queue, bad)
+        assert r_ok.get(timeout=90)["status"] == "job-completed" and r_ok.state == "SUCCESS"
+        with pytest.raises(Exception) as failed:
+            r_bad.get(timeout=90)
+        assert r_bad.state == "FAILURE" and type(failed.value).__name__ == "WorkerExecutionError"
+        doc = wait_status(redis_url, status_key, bad["task_id"], "job-failed")
+        assert str(failed.value) == doc["error"]
+        job, _ = start_sleeping_job(w, podman_ready, rabbit_url, redis_url, status_key)
+        r_rev = client(rabbit_url, redis_url).AsyncResult(job["task_id"])
+        client(rabbit_url, redis_url).control.revoke(job["task_id"], terminate=True)
+        wait_status(redis_url, status_key, job["task_id"], "job-revoked", timeout=30)
+        with pytest.raises(TaskRevokedError, match="terminated"):
+            r_rev.get(timeout=30)
+        after = make_job("echo after the revoke")  # the revoked job has ended: no event of it may come after this
+        assert send(rabbit_url, redis_url, w.queue, after).get(timeout=60)["status"] == "job-completed"
+        wait_for(lambda: "task-succeeded" in events.types(after["task_id"]), 10, what="events of the last job")
+        assert r_rev.state == "REVOKED"
+        assert events.types(ok["task_id"])[-2:] == ["task-started", "task-succeeded"]
+        assert events.types(bad["task_id"])[-2:] == ["task-started", "task-failed"]
+        assert events.types(job["task_id"])[-2:] == ["task-started", "task-revoked"]
+        # one terminal document each, and nothing left to redeliver: the failed job's message was acked
+        for j, status in ((ok, "job-completed"), (bad, "job-failed"), (job, "job-revoked")):
+            assert statuses(redis_url, status_key, j["task_id"]) == ["job-started", status]
+        with Connection(rabbit_url) as conn:
+            assert conn.default_channel.queue_declare(queue=w.queue, passive=True).message_count == 0
+        assert "Traceback" not in w.text()
+    finally:
+        events.close()
+
+
+def test_finished_jobs_are_handed_to_user_rules_on_the_broker(start_worker, rabbit_url: str, redis_url: str) -> None:
+    """HySDS's queue_finished_job: hysds.task_worker.run_task on the user-rules queue, once per finished job, with
+    the job's index (job_failed for a failed job); none when the orchestrator says queue_when_finished=False."""
+    import msgpack
+    from kombu import Connection
+
+    rules_queue = f"ur-{uuid.uuid4().hex[:8]}"
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_USER_RULES_QUEUE=rules_queue)
+    ok, bad, quiet = make_job("echo fine"), make_job("sh -c 'exit 3'"), make_job("echo no rules")
+    send(rabbit_url, redis_url, w.queue, ok).get(timeout=90)
+    send(rabbit_url, redis_url, w.queue, bad).get(timeout=90, propagate=False)
+    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[quiet], queue=w.queue,
+                                            task_id=quiet["task_id"],
+                                            kwargs={"queue_when_finished": False}).get(timeout=90)
+    got = []
+    with Connection(rabbit_url) as conn:
+        while (message := conn.default_channel.basic_get(queue=rules_queue, no_ack=True)) is not None:
+            assert message.headers["task"] == "hysds.task_worker.run_task"
+            assert message.properties["content_type"] == "application/x-msgpack"
+            args, kwargs, _ = msgpack.unpackb(message.body)
+            assert kwargs == {}
+            got.append(args[0])
+
+    def payload(job: dict[str, Any], index: str) -> dict[str, Any]:
+        return {"type": "user_rules_job", "function": "hysds.user_rules_job.evaluate_user_rules_job",
+                "args": [job["job_info"]["job_payload"]["payload_task_id"]], "kwargs": {"index": index}}
+
+    assert got == [payload(ok, ok["job_info"]["index"]), payload(bad, "job_failed")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT],
@@ -216,11 +324,13 @@ def test_soft_time_limit_stops_the_container_and_triage_runs(start_worker, podma
     job["params"]["job_specification"]["post"] = ["hysds.triage.triage"]
     t0 = time.monotonic()
     res = send(rabbit_url, redis_url, w.queue, job, soft_time_limit=3, time_limit=60)
-    assert res.get(timeout=60)["status"] == "job-failed"
+    res.get(timeout=60, propagate=False)
+    assert res.state == "FAILURE"
     assert time.monotonic() - t0 < 3 + 2 + 10  # limit + grace + slack
     doc = terminal_docs(redis_url, status_key, job["task_id"])
     assert [d["status"] for d in doc] == ["job-failed"]
-    assert doc[0]["error"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
+    assert doc[0]["error"] == "SoftTimeLimitExceeded()"  # HySDS's text: sites match on it
+    assert doc[0]["traceback"].startswith(f"Soft time limit (3s) exceeded for {job['job_id']}")
     assert doc[0]["job"]["job_info"]["status"] in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
     label = f"sandbox_runner.task_id={job['task_id']}"
     wait_for(lambda: containers(podman_ready, label) == [], 10, what="no container left")  # podman auto-removes
@@ -237,7 +347,8 @@ def test_hard_time_limit_reaps_a_container_that_ignores_sigterm(start_worker, po
     job["job_info"]["time_limit"] = 4
     t0 = time.monotonic()
     res = send(rabbit_url, redis_url, w.queue, job, time_limit=4)
-    assert res.get(timeout=60)["status"] == "job-failed"
+    res.get(timeout=60, propagate=False)
+    assert res.state == "FAILURE"
     assert time.monotonic() - t0 < 4 + 10
     doc = terminal_docs(redis_url, status_key, job["task_id"])
     assert [d["status"] for d in doc] == ["job-failed"]
@@ -352,7 +463,7 @@ def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedi
     up_at = time.time()
     # what is under test is delivery, not the jobs: podman 4.3's service fails about 1% of concurrent keep-id
     # creates, and such a job ends job-failed -- its events must arrive all the same
-    final = {job["task_id"]: r.get(timeout=120)["status"] for job, r in zip(jobs, results, strict=True)}
+    final = {job["task_id"]: _job_status(r) for job, r in zip(jobs, results, strict=True)}
     assert set(final.values()) <= {"job-completed", "job-failed"}
 
     def settled() -> list[dict[str, Any]] | None:
@@ -378,6 +489,12 @@ def test_events_survive_a_redis_outage_in_order(start_worker, own_redis: OwnRedi
     assert "event-sink-down-spooling" in w.text()
     for job in jobs:
         assert events.get(f"hysds-job-status-{job['task_id']}") == final[job["task_id"]].encode()
+
+def _job_status(res: Any) -> str:
+    """The status a Celery result stands for: a completed job's is in its return value, a failed one is FAILURE."""
+    value = res.get(timeout=120, propagate=False)
+    return str(value["status"]) if res.state == "SUCCESS" else "job-failed"
+
 
 def _epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

@@ -27,7 +27,11 @@ def test_every_real_hysds_file_is_valid_and_its_kind_named() -> None:
              "worker-config.json.": "worker-config"}
     for path, line in zip(files, lines, strict=True):
         kind = next(k for prefix, k in kinds.items() if path.name.startswith(prefix))
-        assert line == f"{path}: {kind}: valid"
+        if path.name == "job-spec.json.valid":  # hysds_commons' example names a placeholder pre step
+            assert line.startswith(f"{path}: {kind}: valid (warning: pre[0]: unknown step "
+                                   "'some.python.preprocessor.function'"), line
+        else:
+            assert line == f"{path}: {kind}: valid"
 
 
 def test_an_invalid_file_names_the_field_in_one_line_and_exits_2(tmp_path: Path) -> None:
@@ -43,4 +47,29 @@ def test_an_invalid_file_names_the_field_in_one_line_and_exits_2(tmp_path: Path)
     assert out[0].endswith("job: valid")
     assert out[1].startswith(f"{bad}: job-spec: invalid: ") and "params[0].destination" in out[1]
     assert out[2].startswith(f"{garbage}: ") and "not valid JSON" in out[2]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_an_unknown_pre_or_post_step_is_reported_by_validate(tmp_path: Path) -> None:
+    # valid HySDS (any importable name), so a warning on the "valid" line, but the user learns before queueing
+    spec = json.loads((EXAMPLES / "job-spec.json.valid").read_text())
+    spec["pre"] = ["hysds.localize.localize_urls", "hysds.utils.no_such_step"]
+    typo_spec = tmp_path / "job-spec.json.typo"
+    typo_spec.write_text(json.dumps(spec))
+    job = json.loads((EXAMPLES / "job.json.minimal-echo").read_text())
+    job["params"]["job_specification"] = {**spec, "pre": [], "post": ["publish_dataset"]}
+    typo_job = tmp_path / "job.json.typo"
+    typo_job.write_text(json.dumps(job))
+    spec["pre"], spec["post"] = ["hysds.localize.localize_urls"], ["hysds.triage.triage"]  # HySDS names are fine
+    good = tmp_path / "job-spec.json.hysds-names"
+    good.write_text(json.dumps(spec))
+    proc = validate(typo_spec, typo_job, good)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0].startswith(f"{typo_spec}: job-spec: valid (warning: pre[1]: unknown step "
+                             "'hysds.utils.no_such_step' (known: "), out[0]
+    assert out[0].endswith("; run-job on this worker fails such a job)"), out[0]
+    assert out[1].startswith(f"{typo_job}: job: valid (warning: params.job_specification.post[0]: "
+                             "unknown step 'publish_dataset'"), out[1]
+    assert out[2] == f"{good}: job-spec: valid"
     assert "Traceback" not in proc.stdout + proc.stderr

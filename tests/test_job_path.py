@@ -84,7 +84,7 @@ def test_echo_job(worker: Worker, backend: str, shared_dir: Path, work_root: Pat
         assert "hunter2" not in (jd / name).read_text(), f"secret leaked into {name}"
     params = json.loads((jd / "_docker_params.json").read_text())
     if backend == "podman":
-        assert params[BUSYBOX]["network"] == "none"
+        assert params[BUSYBOX]["network"] == "host"  # rootless: the worker user's network (netpolicy)
         assert params[BUSYBOX]["labels"]["sandbox_runner.task_id"] == job["task_id"]
     info = json.loads((jd / "_job.json").read_text())["job_info"]
     assert info["status"] == 0 and info["cmd_duration"] >= 0 and info["job_dir"] == str(jd)

@@ -251,6 +251,10 @@ def test_job_spec_destination_nowhere() -> None:
         ({"command": ""}, "command", "must not be empty"),
         ({"params": None}, "params", "expected array, got null"),
         ({"time_limit": -5}, "time_limit", "positive"),
+        ({"time_limit": -5.0}, "time_limit", "positive"),
+        ({"soft_time_limit": 1020.5}, "soft_time_limit", "must be a whole number of seconds, got 1020.5"),
+        ({"time_limit": True}, "time_limit", "got bool"),
+        ({"soft_time_limit": float("inf")}, "soft_time_limit", "whole number"),
         ({"imported_worker_files": {"$HOME/x": 3}}, 'imported_worker_files["$HOME/x"]', "got 3"),
         (
             {"dependency_images": [{"container_image_url": None}]},
@@ -263,6 +267,13 @@ def test_job_spec_errors(change: dict[str, Any], field: str, problem: str) -> No
     spec = {**copy.deepcopy(SPEC), **change}
     message = error_of(load_job_spec, spec, "job-spec.json.x")
     assert message.startswith(f"job-spec.json.x: {field}: ") and problem in message
+
+
+def test_job_spec_integral_float_limits_are_seconds() -> None:
+    # Real job-specs write "time_limit": 1020.0; HySDS accepts it, so do we (kept as an int).
+    spec = load_job_spec({**copy.deepcopy(SPEC), "soft_time_limit": 1020.0, "time_limit": 1200.0})
+    assert (spec.soft_time_limit, spec.time_limit) == (1020, 1200)
+    assert type(spec.soft_time_limit) is int and type(spec.time_limit) is int
 
 
 def test_job_spec_missing_command() -> None:
@@ -282,7 +293,7 @@ def test_job_spec_missing_command() -> None:
         ({"name": "a", "from": "submitter", "type": "enum", "enumerables": []}, "enumerables", "required"),
         ({"name": "a", "from": "value"}, "value", "required when from is 'value'"),
         ({"name": "a", "from": "elsewhere"}, "from", "invalid value 'elsewhere'"),
-        ({"name": "a", "from": "dataset_jpath:"}, "from", "invalid value"),
+        ({"name": "a", "from": "dataset_jpath: x"}, "from", "invalid value"),
         ({"name": "a", "from": "submitter", "type": "jobspec_version"}, "version_regex", "required"),
         ({"name": "a", "from": "submitter", "lambda": "x + 1"}, "lambda", "expected 'lambda"),
         ({"name": "a", "from": "submitter", "type": "colour"}, "type", "invalid value 'colour'"),
@@ -309,6 +320,12 @@ def test_hysds_io_value_may_be_any_json() -> None:
         and io.params[0].value == {"a": [1]}
         and io.params[1].source_kind == "passthrough"
     )
+
+
+def test_hysds_io_empty_dataset_jpath_is_the_whole_hit() -> None:
+    # HySDS passes the whole hit for "dataset_jpath:" with no path; real OPERA/ARIA hysds-io files use it.
+    io = load_hysds_io({"params": [{"name": "hit", "from": "dataset_jpath:"}]})
+    assert io.params[0].source_kind == "dataset_jpath" and io.params[0].jpath == ""
 
 
 # --- worker config ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.events.documents import TERMINAL_STATUSES
+from sandbox_runner.netpolicy import node_network, this_node
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
 
@@ -191,7 +192,8 @@ def test_dry_run_plans_without_side_effects(tmp_path: Path) -> None:
     backend = FakeBackend()
     runner, sink = _runner(tmp_path, backend)
     spec = runner.plan(make_job("/bin/echo hi"))
-    assert spec.argv == ("/bin/echo", "hi") and spec.network == "none"
+    assert spec.argv == ("/bin/echo", "hi") and spec.network == node_network(*this_node())[0]
+    assert spec.labels["sandbox_runner.network"].startswith(f"{spec.network}: ")
     assert spec.labels["sandbox_runner.job_id"].startswith("sr_test-")
     assert sink.docs() == [] and backend.calls == [] and not (tmp_path / "work" / "jobs").exists()
 
@@ -208,3 +210,55 @@ def test_vars_expand_from_the_settings_environment_only(tmp_path: Path, monkeypa
     spec = backend.calls[0]
     assert dict(spec.env) == {"A": "/site/x", "B": "$ONLY_IN_OS_ENVIRON"}
     assert spec.runtime_options["shm_size"] == "/site"
+
+
+def test_failed_documents_carry_dedup_job_null_and_expected_failures_keep_their_message(tmp_path: Path) -> None:
+    runner, sink = _runner(tmp_path, FakeBackend(exit_code=3))
+    runner.run(make_job("/bin/false"))
+    doc = _one_terminal(sink)
+    assert "dedup_job" in doc and doc["dedup_job"] is None
+    assert doc["traceback"] == "Got non-zero exit code: 3"  # expected: the message, as HySDS's expected failures
+
+
+def test_translated_foreign_error_sends_its_real_traceback(tmp_path: Path) -> None:
+    from sandbox_runner.errors import BackendError
+
+    def engine_breaks(spec: ContainerSpec, io: JobIO) -> int:
+        try:
+            os.stat(Path(spec.workdir, "no-such-file"))
+        except OSError as exc:
+            raise BackendError(f"engine failed: {exc.strerror}") from None
+        return 0
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=engine_breaks))
+    runner.run(make_job("/bin/true"))
+    doc = _one_terminal(sink)
+    assert doc["error"] == "engine failed: No such file or directory" and doc["dedup_job"] is None
+    assert doc["traceback"].startswith("Traceback (most recent call last)")
+    assert "FileNotFoundError" in doc["traceback"] and "BackendError: engine failed" in doc["traceback"]
+    assert sink.docs()[0]["status"] == "job-started" and "dedup_job" not in sink.docs()[0]
+
+
+def test_documents_carry_the_whole_context_and_host_facts(tmp_path: Path) -> None:
+    def pge(spec: ContainerSpec, io: JobIO) -> int:  # a PGE adds to its context, as HySDS re-reads it after
+        path = Path(spec.workdir, "_context.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), "pge_added": 7}))
+        return 0
+
+    runner, sink = _runner(tmp_path, FakeBackend(script=pge))
+    job = make_job("/run_pge.sh")
+    job["context"] = {"site": "x"}
+    outcome = runner.run(job)
+    assert outcome.job_dir is not None
+    started, done = [d for d in sink.docs() if d.get("resource") == "job"]
+    written = json.loads((outcome.job_dir / "_context.json").read_text())
+    assert started["job"]["context"]["_prov"] == written["_prov"] and started["job"]["context"]["context"] == {
+        "site": "x"}
+    assert written["pge_added"] == 7 and {k: done["job"]["context"].get(k) for k in written} == written
+    assert "context" not in done  # HySDS drops the top-level copy (HC-598)
+    info = done["job"]["job_info"]
+    assert isinstance(info["facts"], dict) and info["facts"]["hysds_execute_node"] == info["execute_node"]
+    assert info["public_ip"] == info["facts"]["hysds_public_ip"] and isinstance(info["public_ip"], str)
+    assert info["facts"]["processorcount"] == os.cpu_count()
+    job_info_doc = next(d for d in sink.docs() if d.get("type") == "job_info")
+    assert job_info_doc["job"]["job_info"]["facts"] == info["facts"]

@@ -66,7 +66,10 @@ def test_soft_limit_fails_the_job_naming_it_and_triage_still_runs(tmp_path: Path
     result = service.run_task(TaskInfo(job["task_id"], soft_limit=0.3, hard_limit=30), job)
     assert result is not None and result["status"] == "job-failed" and result["exit_code"] == 143
     assert _statuses(sink, job["task_id"]) == ["job-started", "job-failed"]
-    assert result["error"].startswith(f"Soft time limit (0.3s) exceeded for {job['job_id']}")
+    assert result["error"] == "SoftTimeLimitExceeded()"  # HySDS's text: sites match on it
+    doc = next(d for d in sink.docs() if d.get("status") == "job-failed")
+    assert doc["error"] == "SoftTimeLimitExceeded()" and doc["dedup_job"] is None
+    assert doc["traceback"].startswith(f"Soft time limit (0.3s) exceeded for {job['job_id']}")
     assert [job["job_id"]] == TRIAGED
 
 

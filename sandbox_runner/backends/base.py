@@ -31,6 +31,16 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class DependencyImage:
+    """A job-spec ``dependency_images[]`` entry: an image loaded before the job (PGEs start it themselves)."""
+
+    image: str
+    image_url: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to run one job's command, independent of the backend.
 
@@ -54,6 +64,8 @@ class ContainerSpec:
     image_url: str | None = None
     #: seconds between the stop signal and SIGKILL when the job is stopped from outside.
     stop_grace: float = 10.0
+    #: images the backend makes present before the job starts (``job_specification.dependency_images``)
+    dependencies: tuple[DependencyImage, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form written to ``_docker_params.json`` and printed by ``--dry-run``."""
@@ -70,6 +82,7 @@ class ContainerSpec:
             "network": self.network,
             "labels": dict(self.labels),
             "runtime_options": dict(self.runtime_options),
+            "dependency_images": [{"image": d.image, "image_url": d.image_url} for d in self.dependencies],
         }
 
 

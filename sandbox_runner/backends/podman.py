@@ -40,8 +40,8 @@ from sandbox_runner.backends.images import ensure_image
 from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman_follow import Follower
 from sandbox_runner.backends.podman_service import default_socket_url, start_service
-from sandbox_runner.backends.podman_spec import build_create_body
-from sandbox_runner.errors import BackendError, SandboxRunnerError
+from sandbox_runner.backends.podman_spec import build_create_body, fit_rootful_rlimits, service_rlimits
+from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
 __all__ = ["PodmanBackend", "default_socket_url"]
 
@@ -94,6 +94,8 @@ class PodmanBackend:
         self.service_runtime = service_runtime
         #: pid of the podman service this backend started (it keeps running for later jobs), else None
         self.service_pid: int | None = None
+        #: as root the service is rootful podman, which raises container rlimits past what the host may grant
+        self.rootful = os.getuid() == 0
 
     # --- the contract -------------------------------------------------------------------------------------------
     def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
@@ -107,8 +109,10 @@ class PodmanBackend:
         if "resource_limits" in body and _limits_unenforced():
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
         for attempt in range(3):
-            cid = self._create(body, spec)
+            cid = self._create(body, spec)  # starts the service if need be, and loads the main image
             try:
+                if attempt == 0:
+                    self._ensure_dependencies(spec)
                 return self._run(cid, spec, io)
             except BackendError as exc:
                 self._remove(cid)  # podman's auto-removal needs the container to have run and exited
@@ -150,8 +154,13 @@ class PodmanBackend:
         tried: set[str] = set()  # each remedy at most once
         while True:
             try:
+                sock = socket_path(self.socket_url)
+                if sock is not None and self.rootful:  # the service's limits, asked on each try: it may be new
+                    body_now = fit_rootful_rlimits(body, service_rlimits(sock))
+                else:
+                    body_now = body
                 with self._create_lock():
-                    return str(self.api.call("POST", "/containers/create", body=body, what="create")["Id"])
+                    return str(self.api.call("POST", "/containers/create", body=body_now, what="create")["Id"])
             except ServiceUnreachable:
                 if "service" in tried or not self.start_service:
                     raise
@@ -171,6 +180,14 @@ class PodmanBackend:
                     time.sleep(0.02 * len(tried))
                 else:
                     raise BackendError(f"could not create the job's container: {exc.message}") from None
+
+    def _ensure_dependencies(self, spec: ContainerSpec) -> None:
+        """Every dependency image present before the job (HySDS loads them as it loads the main image)."""
+        for dep in spec.dependencies:
+            try:
+                ensure_image(self.api, dep.image, dep.image_url, self.image_cache, pull=self.pull)
+            except ImageError as exc:
+                raise ImageError(f"dependency image '{dep.image}' could not be made present: {exc}") from None
 
     def _remove_stale(self, name: str) -> bool:
         """A container left by a worker that died (same job name, not running) is removed; others are not."""

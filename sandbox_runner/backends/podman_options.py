@@ -17,7 +17,8 @@ pids_limit                 int                                                  
 shm_size                   size                                                         shm_size
 ulimit (ulimits)           "nofile=1024:2048", a list of those, {"nofile": "1024:2048"}  r_limits
 env (e)                    "K=V", a list of those, {"K": "V"}; wins over the command's  env
-network (net)              "none" or "host" (slirp4netns is broken rootless here)       netns
+network (net)              "none", "host", "bridge" (rootful; slirp4netns is broken     netns
+                           rootless here); the default is netpolicy's choice
 init                       bool: true, "yes", "" (= flag given); on unless set false    init
 cap_add, cap_drop          "NET_RAW,CHOWN" or a list                                    cap_add, cap_drop
 security_opt               no-new-privileges, seccomp=PATH|unconfined, apparmor=P,      no_new_privileges, ...
@@ -51,7 +52,7 @@ from sandbox_runner.units import parse_size
 
 __all__ = ["NETWORKS", "Body", "map_runtime_options", "normalize_key", "set_network"]
 
-NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "bridge")
 
 Body = dict[str, Any]
 
@@ -191,7 +192,7 @@ def _stop_signal(opt: str, value: Any, body: Body) -> None:
 def set_network(opt: str, value: Any, body: Body) -> None:
     net = str(value).strip().lower()
     if net not in NETWORKS:
-        raise BackendError(f"network {value!r} is not supported: rootless podman here can only use 'none' or 'host'")
+        raise BackendError(f"network {value!r} is not supported: use 'none', 'host' or (rootful only) 'bridge'")
     body["netns"] = {"nsmode": net}
 
 

@@ -9,7 +9,11 @@ docstring has the table).
 from __future__ import annotations
 
 import os
+import resource
+import socket
+import struct
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sandbox_runner.backends.base import ContainerSpec
@@ -106,6 +110,42 @@ def build_create_body(
         body["user"] = named or user
     set_network("network", spec.network, body)
     return map_runtime_options(options, body)
+
+
+#: the limits rootful podman raises for every container (containers.conf defaults: nofile 1048576, nproc
+#: 4194304), beyond what many hosts grant: runc then refuses to start ("error setting rlimit type 7")
+ROOTFUL_RLIMITS = {"nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC}
+
+
+def service_rlimits(sock: str) -> dict[str, int]:
+    """The hard limits of the process serving ``sock`` (found by SO_PEERCRED), by ROOTFUL_RLIMITS name: what a
+    container of that service may be given. This process's own limits when the peer cannot be read."""
+    limits = {name: resource.getrlimit(which)[1] for name, which in ROOTFUL_RLIMITS.items()}
+    rows = {"nofile": "Max open files", "nproc": "Max processes"}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(sock)
+            pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        text = Path(f"/proc/{pid}/limits").read_text()
+    except OSError:
+        return limits
+    for line in text.splitlines():
+        for name, row in rows.items():
+            if line.startswith(row):
+                hard = line[len(row):].split()[1]
+                limits[name] = resource.RLIM_INFINITY if hard == "unlimited" else int(hard)
+    return limits
+
+
+def fit_rootful_rlimits(body: Body, ceilings: Mapping[str, int]) -> Body:
+    """A copy of ``body`` whose container gets the service's own hard limits for what the job-spec's ``ulimit``
+    did not set, so runc never asks the kernel for more than the host grants. Only for rootful podman: rootless
+    podman already keeps the user's limits."""
+    named = {str(r.get("type", "")).lower().removeprefix("rlimit_") for r in body.get("r_limits", [])}
+    extra = [{"type": name, "soft": hard, "hard": hard} for name, hard in ceilings.items()
+             if name not in named and hard != resource.RLIM_INFINITY]
+    return {**body, "r_limits": [*body.get("r_limits", []), *extra]} if extra else body
 
 
 def _user_option(spec: ContainerSpec) -> tuple[dict[str, Any], int | None, int | None, str | None]:

@@ -24,10 +24,42 @@ def short_error(error: str) -> str:
     return error if len(error) <= 35 else f"{error[:20]}.....{error[-10:]}"
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _job_info(job: dict[str, Any]) -> dict[str, Any]:
+    return _mapping(job.get("job_info"))
+
+
+def job_info_of(job: Any) -> dict[str, Any]:
+    """``job["job_info"]`` when both are objects, else ``{}``: for readers that must not fail on a damaged job."""
+    return _job_info(job) if isinstance(job, dict) else {}
+
+
+def job_ids(job: Any) -> dict[str, Any]:
+    """The identifiers HySDS documents carry (uuid, job_id, payload_id, payload_hash, dedup), read best-effort:
+    a damaged job (job_info a number, task_id a list...) gives null for what cannot be read, never an error."""
+    job = job if isinstance(job, dict) else {}
+    info = _job_info(job)
+    dedup = info.get("dedup")
+    return {
+        "uuid": _text(job.get("task_id")),
+        "job_id": _text(job.get("job_id")),
+        "payload_id": _text(_mapping(info.get("job_payload")).get("payload_task_id")),
+        "payload_hash": _text(info.get("payload_hash")),
+        "dedup": dedup if isinstance(dedup, bool) else None,
+    }
+
+
 def status_ttl(job: dict[str, Any], default: int) -> int:
     """TTL of the status key: long enough to outlive the job's hard time limit."""
-    limit = (job.get("job_info") or {}).get("time_limit")
-    if isinstance(limit, int | float) and not isinstance(limit, bool):
+    limit = _job_info(job).get("time_limit")
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit < 10**9:
         return max(default, int(limit) + 2 * HARD_TIME_LIMIT_GAP)
     return default
 
@@ -41,24 +73,21 @@ def job_status_doc(
     traceback: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    job_info = job.get("job_info") or {}
-    payload = job_info.get("job_payload") or {}
+    # Built from whatever can be read: a damaged job (job_info a number, task_id a list...) still gets its one
+    # terminal document; identifiers of the wrong type are left out (null) rather than crash the close-up.
     doc: dict[str, Any] = {
-        "uuid": job.get("task_id"),
-        "job_id": job.get("job_id"),
-        "payload_id": payload.get("payload_task_id"),
-        "payload_hash": job_info.get("payload_hash"),
-        "dedup": job_info.get("dedup"),
+        **job_ids(job),
         "status": status,
         "job": copy.deepcopy(job),
         "celery_hostname": hostname,
         "resource": "job",
-        "type": job.get("type") or "unknown",
+        "type": _text(job.get("type")) or "unknown",
         "@version": "1",
         "@timestamp": iso_now(),
     }
-    tags = list(job.get("tags") or [])
-    if job.get("tag"):
+    given = job.get("tags")
+    tags = [t for t in given if isinstance(t, str)] if isinstance(given, list) else []
+    if _text(job.get("tag")):
         tags.append(job["tag"])
     if tags:
         doc["tags"] = tags
@@ -66,6 +95,8 @@ def job_status_doc(
         doc["error"] = error
         doc["short_error"] = short_error(error)
         doc["traceback"] = traceback or error
+    if status == "job-failed":  # HySDS's failed-job documents name no duplicate, as an explicit null
+        doc["dedup_job"] = None
     if extra:
         doc.update(extra)
     return doc
@@ -79,7 +110,7 @@ def job_info_doc(job: dict[str, Any]) -> dict[str, Any]:
         "@version": "1",
         "@timestamp": iso_now(),
         "job": {k: copy.deepcopy(job.get(k)) for k in keys},
-        "job_type": job.get("type"),
+        "job_type": _text(job.get("type")),
     }
 
 

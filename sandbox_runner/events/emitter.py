@@ -35,8 +35,11 @@ class Emitter:
         job_info_key: str = "logstash",
         status_expires: int = 86400,
         fields: dict[str, Any] | None = None,
+        info_sink: EventSink | None = None,
     ) -> None:
         self.sink = sink
+        #: where job_info documents go when the site keeps them apart (HySDS's metrics Redis), else ``sink``
+        self.info_sink = info_sink
         #: stamped on every document (a Celery worker adds its name's parts, so a tracker can facet on them)
         self.fields = dict(fields or {})
         self.hostname = hostname
@@ -51,14 +54,21 @@ class Emitter:
         """The emitter every edge uses: Redis behind the spool when configured, else the file under ``root``."""
         name = name or settings.worker_name
         sink = open_sink(settings.redis_url, root, spool_dir=settings.event_spool_dir, source=name)
+        info_sink = None
+        if settings.redis_info_url and settings.redis_info_url != settings.redis_url:
+            # its own spool: a spool replays into the one Redis it was written for
+            spool = settings.event_spool_dir
+            info_sink = open_sink(settings.redis_info_url, root, spool_dir=spool.with_name(f"{spool.name}-info"),
+                                  source=name)
         return cls(sink, hostname=name, status_key=settings.status_key, job_info_key=settings.job_info_key,
-                   status_expires=settings.status_expires, fields=fields)
+                   status_expires=settings.status_expires, fields=fields, info_sink=info_sink)
 
-    def _deliver(self, key: str, doc: dict[str, Any], status: tuple[str, str, int] | None = None) -> bool:
+    def _deliver(self, key: str, doc: dict[str, Any], status: tuple[str, str, int] | None = None,
+                 sink: EventSink | None = None) -> bool:
         for name, value in self.fields.items():
             doc.setdefault(name, value)
         try:
-            self.sink.push(key, doc, status=status)
+            (sink or self.sink).push(key, doc, status=status)
             return True
         except EventSinkError as exc:
             self.log.error("event not delivered", error=str(exc), doc_type=doc.get("type"),
@@ -87,7 +97,7 @@ class Emitter:
 
     def job_info(self, job: dict[str, Any]) -> dict[str, Any]:
         doc = job_info_doc(job)
-        self._deliver(self.job_info_key, doc)
+        self._deliver(self.job_info_key, doc, sink=self.info_sink)
         return doc
 
     def event(self, event_type: str, status: str, event: dict[str, Any],
@@ -105,6 +115,8 @@ class Emitter:
 
     def close(self) -> None:
         self.sink.close()
+        if self.info_sink is not None:
+            self.info_sink.close()
 
 
 def _loggable(value: Any) -> bool:

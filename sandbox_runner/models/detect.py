@@ -19,7 +19,7 @@ from sandbox_runner.models.job import load_job
 from sandbox_runner.models.jobspec import load_job_spec
 from sandbox_runner.models.worker_config import load_worker_config
 
-__all__ = ["Kind", "detect_kind", "kind_from_name", "validate_file"]
+__all__ = ["Kind", "detect_kind", "kind_from_name", "step_warnings", "validate_file"]
 
 Kind = Literal["job", "job-spec", "hysds-io", "worker-config", "datasets"]
 
@@ -101,6 +101,31 @@ def validate_file(path: str) -> tuple[str, str | None]:
     except Exception as exc:  # a validator bug must not crash `validate`; report it as a finding
         return kind, _one_line(f"{path}: internal error while validating: {type(exc).__name__}: {exc}")
     return kind, None
+
+
+def step_warnings(path: str) -> list[str]:
+    """Step names in a valid job-spec or job (``pre``/``post``) that this worker cannot run, one line each.
+
+    A warning, not an error: the name is valid HySDS (any importable function), and whether it runs depends on
+    the worker's plugins. hysds_commons' own example job-specs name ``some.python.preprocessor.function``.
+    Call only on a file :func:`validate_file` accepted.
+    """
+    from sandbox_runner.steps.registry import unknown_steps  # the models do not depend on steps otherwise
+
+    try:
+        with open(path, "rb") as fh:
+            data = decode_json(fh.read(), path, JobFormatError)
+        kind = detect_kind(path, data)
+        document = _LOADERS[kind](data, path)
+    except (OSError, InputError):
+        return []  # validate_file reports these
+    if kind == "job-spec":
+        spec, prefix = document, ""
+    elif kind == "job":
+        spec, prefix = getattr(document, "job_specification", None), "params.job_specification."
+    else:
+        return []
+    return [_one_line(f"{prefix}{field}: {problem}") for field, problem in unknown_steps(spec)]
 
 
 def _one_line(text: str) -> str:

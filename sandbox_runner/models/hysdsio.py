@@ -33,7 +33,8 @@ ParamType = Literal[
     "object",
 ]
 _VERSION_TYPES = ("container_version", "jobspec_version", "hysdsio_version")
-_FROM_RE = re.compile(r"value|submitter|passthrough|dataset_jpath:\S.*", re.S)
+# ``dataset_jpath:`` with nothing after it is valid: HySDS then passes the whole hit (ten real files use it).
+_FROM_RE = re.compile(r"value|submitter|passthrough|dataset_jpath:(\S.*)?", re.S)
 _LAMBDA_RE = re.compile(r"\s*lambda\b[^:]*:.*\S.*", re.S)
 
 
@@ -55,7 +56,7 @@ class IOParam(Model, frozen=True, kw_only=True):
         if not self.name:
             raise field_error("name", "must not be empty")
         if not _FROM_RE.fullmatch(self.from_):
-            expected = "value, submitter, passthrough or dataset_jpath:<path>"
+            expected = "value, submitter, passthrough or dataset_jpath:[<path>]"
             raise field_error("from", f"invalid value {self.from_!r} (expected {expected})")
         if self.from_ == "value" and self.value is msgspec.UNSET:
             raise field_error("value", "required when from is 'value'")
@@ -73,7 +74,7 @@ class IOParam(Model, frozen=True, kw_only=True):
 
     @property
     def jpath(self) -> str | None:
-        """The path after ``dataset_jpath:``, or None for other sources."""
+        """The path after ``dataset_jpath:`` ("" for the whole hit), or None for other sources."""
         kind, _, path = self.from_.partition(":")
         return path if kind == "dataset_jpath" else None
 

@@ -106,8 +106,9 @@ class JobSpec(Document, frozen=True, kw_only=True):
     command: str
     params: list[JobSpecParam]
     disk_usage: str | None = None
-    soft_time_limit: int | None = None
-    time_limit: int | None = None
+    # Seconds. Real job-specs write integral floats (``1020.0``); those are kept as ints, others refused.
+    soft_time_limit: int | float | None = None
+    time_limit: int | float | None = None
     imported_worker_files: Mappings = {}
     dependency_images: list[DependencyImage] = []
     runtime_options: dict[str, Any] = {}
@@ -125,7 +126,14 @@ class JobSpec(Document, frozen=True, kw_only=True):
         check_size("disk_usage", self.disk_usage)
         for name in ("soft_time_limit", "time_limit"):
             limit = getattr(self, name)
-            if limit is not None and limit <= 0:
+            if limit is None:
+                continue
+            if isinstance(limit, float):
+                if not limit.is_integer():
+                    raise field_error(name, f"must be a whole number of seconds, got {limit}")
+                limit = int(limit)
+                msgspec.structs.force_setattr(self, name, limit)
+            if limit <= 0:
                 raise field_error(name, f"must be a positive number of seconds, got {limit}")
         check_mappings("imported_worker_files", self.imported_worker_files)
         for i, step in enumerate(self.pre):

@@ -72,6 +72,21 @@ def canonical(name: str) -> str:
                            "'hysds.triage.triage' are accepted too)")
 
 
+def unknown_steps(spec: Any) -> list[tuple[str, str]]:
+    """``(field, problem)`` for each ``pre``/``post`` name of ``spec`` this worker cannot run: ``("pre[1]", ...)``.
+
+    ``sandbox-runner validate`` reports these before a job is queued, not only when ``run-job`` plans the steps.
+    """
+    found = []
+    for kind in ("pre", "post"):
+        for i, name in enumerate(getattr(spec, kind, None) or []):
+            try:
+                canonical(name)
+            except UnknownStepError as exc:
+                found.append((f"{kind}[{i}]", str(exc)))
+    return found
+
+
 def load(name: str) -> StepFunc:
     target = BUILTINS.get(name) or _plugins()[name]
     module, _, attr = target.partition(":")

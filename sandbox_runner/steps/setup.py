@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import socket
+import json
 import time
 from typing import ClassVar
 
-from sandbox_runner.container import build_spec
+from sandbox_runner.container import build_spec, docker_params
 from sandbox_runner.events.documents import iso_now
+from sandbox_runner.hostfacts import host_facts
 from sandbox_runner.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.runscript import render_run_script
 from sandbox_runner.steps.base import JobContext
@@ -34,6 +35,20 @@ def context_document(ctx: JobContext) -> dict[str, object]:
     return doc
 
 
+def refresh_context(ctx: JobContext) -> None:
+    """Re-read ``_context.json`` at close-up, as HySDS does: the PGE may have added to it (``_force_ingest``...).
+    A file the PGE broke or replaced with a non-object leaves the context as we wrote it."""
+    if ctx.workdir is None or not isinstance(ctx.job, dict) or "context" not in ctx.job:
+        return
+    try:
+        written = json.loads(ctx.workdir.read_optional("_context.json", limit=16 << 20) or "null")
+    except ValueError:
+        return
+    if isinstance(written, dict):
+        ctx.context.update(written)
+        ctx.job["context"] = ctx.context
+
+
 class CreateWorkDir:
     name: ClassVar[str] = "workdir"
     always: ClassVar[bool] = False
@@ -43,10 +58,13 @@ class CreateWorkDir:
         job = ctx.job
         ctx.workdir = wd = WorkDir.create(ctx.work_root, str(job["job_id"]))
         info = ctx.job_info
+        facts = host_facts()
         info.update({
             "job_dir": str(wd.path),
             "metrics": {"inputs_localized": [], "products_staged": [], "job_dir_size": 0, "usage_stats": []},
-            "execute_node": socket.getfqdn(),
+            "facts": dict(facts),
+            "execute_node": facts["hysds_execute_node"],
+            "public_ip": facts["hysds_public_ip"],
             "job_url": f"file://{wd.path}",
             "context_file": str(wd.file("_context.json")),
             "datasets_cfg_file": str(ctx.settings.datasets_cfg) if ctx.settings.datasets_cfg else None,
@@ -54,6 +72,8 @@ class CreateWorkDir:
         })
         ctx.notes["t_start"] = time.time()
         ctx.context = context_document(ctx)
+        # HySDS's documents show the whole _context.json as job.context (its context dict is the job's own)
+        job["context"] = ctx.context
         wd.write_json("_context.json", ctx.context)
         wd.write_json("_job.json", job)
 
@@ -88,5 +108,5 @@ class BuildContainer:
         ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
         ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
         backend_name = ctx.backend.name
-        wd.write_json("_docker_params.json", {spec.image: spec.as_dict()} if spec.image else {})
+        wd.write_json("_docker_params.json", docker_params(spec))
         wd.write_text("_run.sh", render_run_script(spec, backend_name, ctx.settings.podman_socket), 0o755)

@@ -25,6 +25,7 @@ from celery import bootsteps
 
 from sandbox_runner.errors import ConfigError
 from sandbox_runner.events import Emitter
+from sandbox_runner.hpc.walltime import ask_slurm
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
@@ -141,7 +142,15 @@ def boot(base: Settings, w: Any) -> WorkerService:
             w.app.control.cancel_consumer(queue, destination=[name], reply=False)
         log.error("job-drain-stopped-consuming", queues=queues)
 
-    _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs)
+    def free_the_allocation() -> None:
+        log.warning("pilot-exhausted", reason="too little walltime left for the queue's jobs; stopping")
+        w.app.control.broadcast("shutdown", destination=[name], reply=False)
+
+    walltime = ask_slurm(settings.env, settings.pilot_grace)
+    if walltime.pilot:
+        log.info("pilot-walltime", pilot=walltime.pilot, time_left=walltime.left(), grace=walltime.grace)
+    _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
+                                       on_exhausted=free_the_allocation)
     install_signal_handlers(service)
     _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues)
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sandbox_runner.events.documents import job_info_of
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import Settings
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from sandbox_runner.worker.service import TaskInfo
 
 log = structlog.get_logger("sandbox_runner.worker")
+#: what HySDS reports when the soft limit fires: ``str(celery.exceptions.SoftTimeLimitExceeded())``
+SOFT_LIMIT_ERROR = "SoftTimeLimitExceeded()"
 
 
 def _seconds(value: Any) -> float | None:
@@ -40,7 +43,7 @@ def _seconds(value: Any) -> float | None:
 
 def limits_for(task: TaskInfo, job: dict[str, Any]) -> tuple[float | None, float | None]:
     """(soft, hard) in seconds: the message's, else the job_info's."""
-    info = job.get("job_info") or {}
+    info = job_info_of(job)  # a damaged job_info is reported by the runner, not tripped over here
     soft = _seconds(task.soft_limit) or _seconds(info.get("soft_time_limit"))
     hard = _seconds(task.hard_limit) or _seconds(info.get("time_limit"))
     return soft, hard
@@ -85,8 +88,10 @@ class TimeLimits:
     def _on_soft(self) -> None:
         assert self.soft is not None
         log.warning("soft-time-limit", job_id=self.job_id, seconds=self.soft)
-        self.runner.interrupt("job-failed", f"Soft time limit ({self.soft:g}s) exceeded for {self.job_id}: its "
-                              f"container was stopped (SIGTERM, {self.settings.stop_grace:g}s grace, SIGKILL).")
+        # the error is HySDS's own text (str of Celery's SoftTimeLimitExceeded()): sites match on it
+        self.runner.interrupt("job-failed", SOFT_LIMIT_ERROR, detail=(
+            f"Soft time limit ({self.soft:g}s) exceeded for {self.job_id}: its container was stopped (SIGTERM, "
+            f"{self.settings.stop_grace:g}s grace, SIGKILL)."))
 
     def _on_hard(self) -> None:
         assert self.hard is not None

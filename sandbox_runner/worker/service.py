@@ -20,10 +20,11 @@ from typing import Any, ClassVar
 import structlog
 
 from sandbox_runner.errors import ConfigError, JobFormatError
-from sandbox_runner.events.documents import TERMINAL_STATUSES
+from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info_of
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
+from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.runner import (
     BackendFactory,
     JobOutcome,
@@ -45,6 +46,8 @@ log = structlog.get_logger("sandbox_runner.worker")
 SIGNAL_STATUS = {signal.SIGHUP: "job-hangup", signal.SIGINT: "job-interrupted", signal.SIGQUIT: "job-quit",
                  signal.SIGABRT: "job-aborted", signal.SIGTERM: "job-terminated"}
 _REMEMBER_REVOKED = 10000
+#: consecutive hand-backs (nothing admitted between) after which a pilot's worker stops and frees its allocation
+_HAND_BACKS_BEFORE_STOP = 3
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,14 @@ class _Active:
 class WorkerService:
     def __init__(self, settings: Settings, emitter: Emitter, guard: LeaseGuard | None, *,
                  on_drain: Callable[[], None] | None = None,
-                 backend_for: BackendFactory = default_backend_for) -> None:
+                 backend_for: BackendFactory = default_backend_for,
+                 walltime: Walltime | None = None, on_exhausted: Callable[[], None] | None = None) -> None:
         self.settings, self.emitter, self.guard = settings, emitter, guard
         self.on_drain = on_drain
+        #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
+        self.walltime = walltime or Walltime()
+        self.on_exhausted = on_exhausted
+        self._handed_back = 0
         #: shared by every job's runner (each gets its own list): the policies they read are read once
         self._steps = default_steps(backend_for)
         self.drain = DrainGuard(settings.drain_threshold, settings.drain_window)
@@ -117,6 +125,8 @@ class WorkerService:
                 return None
             if task.task_id in self._revoked:
                 return self._result(job, "job-revoked")  # its job-revoked was sent when the revoke came
+        if not self._fits_walltime(task, job):
+            return None
         admission = self.guard.admit(task.task_id) if self.guard is not None else Admission(True, "unguarded")
         if not admission.run:
             return self._skip(job, admission)
@@ -161,16 +171,34 @@ class WorkerService:
         finally:
             self._scrubbing.release()
 
+    def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
+        """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
+        job-failed, no retry burned) for a worker with time. After a few in a row with nothing run between,
+        this pilot has too little time left for the queue's work: it stops (``on_exhausted``) and frees it."""
+        limit = job_time_limit(task.hard_limit, job)
+        if self.walltime.admits(limit):
+            self._handed_back = 0
+            return True
+        self._handed_back += 1
+        left = self.walltime.left()
+        self.emitter.event("pilot", "handed_back", {
+            "task_id": task.task_id, "job_id": job.get("job_id"), "time_limit": limit,
+            "time_left": round(left or 0.0, 1), "pilot": self.walltime.pilot})
+        if self._handed_back >= _HAND_BACKS_BEFORE_STOP and self.on_exhausted is not None:
+            self.on_exhausted()
+        return False
+
     def _finish(self, job: dict[str, Any], status: str, t0: float, *, outcome: JobOutcome | None = None,
                 error: str | None = None) -> dict[str, Any]:
         if self.drain.record(status == "job-failed"):
             self.emitter.event("worker_anomaly", "job_drain", {
-                "celery_hostname": self.settings.worker_name, "last_job_id": job.get("job_id"),
+                "celery_hostname": self.settings.worker_name, "last_job_id": job_ids(job)["job_id"],
                 "last_error": outcome.error if outcome else error, **self.drain.snapshot()})
             if self.on_drain is not None:
                 self.on_drain()
         result = self._result(job, status)
-        cmd = float((job.get("job_info") or {}).get("cmd_duration") or 0.0)
+        cmd = job_info_of(job).get("cmd_duration")
+        cmd = float(cmd) if isinstance(cmd, int | float) else 0.0
         result.update(exit_code=outcome.exit_code if outcome else None,
                       error=outcome.error if outcome else error,
                       worker_overhead=round(time.monotonic() - t0 - cmd, 6))
@@ -178,11 +206,9 @@ class WorkerService:
 
     def _result(self, job: dict[str, Any], status: str) -> dict[str, Any]:
         """HySDS's run_job return value."""
-        info = job.get("job_info") or {}
-        return {"uuid": job.get("task_id"), "job_id": job.get("job_id"),
-                "payload_id": (info.get("job_payload") or {}).get("payload_task_id"),
-                "payload_hash": info.get("payload_hash"), "dedup": info.get("dedup"), "status": status,
-                "job_url": info.get("job_url"), "celery_hostname": self.settings.worker_name}
+        url = job_info_of(job).get("job_url")
+        return {**job_ids(job), "status": status, "job_url": url if isinstance(url, str) else None,
+                "celery_hostname": self.settings.worker_name}
 
     def _skip(self, job: dict[str, Any], admission: Admission) -> dict[str, Any]:
         details = {"task_id": job["task_id"], "job_id": job.get("job_id"), "found_status": admission.status,
@@ -215,6 +241,11 @@ class WorkerService:
         if self.guard is not None and self.guard.finished(task_id):
             return
         self.emitter.job_status(doc, "job-revoked", error="Job was revoked with signal 0.", signum=0)
+
+    def was_revoked(self, task_id: str) -> bool:
+        """:meth:`revoked` was called for this task (a revoke reached this worker from outside)."""
+        with self._lock:
+            return task_id in self._revoked
 
     def interrupt_all(self, signum: int) -> int:
         """A signal reached the worker: every running job ends with ``job-<signal>``; no new job starts."""

@@ -6,7 +6,7 @@ need_root
 take_lock setup
 
 T0="$(now)"
-for step in packages user venv access services podman-service test-images; do
+for step in packages user venv access services podman-service test-images slurm; do
     "$SETUP_DIR/$step.sh" || die "setup step '$step' failed (run scripts/setup/$step.sh alone to retry it)"
 done
 say "setup complete in $(elapsed "$T0"): user $SRUNNER_USER, socket $(podman_sock), venv $VENV"

@@ -1,0 +1,68 @@
+"""The body of ``sandbox-runner slurm submit`` (cli.py only parses)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from sandbox_runner.hpc.pilot import PilotRequest
+from sandbox_runner.settings import Settings
+
+EXIT_OK = 0
+
+
+def request_from(args: argparse.Namespace) -> PilotRequest:
+    """The pilot ``submit`` and ``autoscale`` both ask for."""
+    return PilotRequest(queue=args.queue, time=args.time, nodes=args.nodes, workers_per_node=args.workers_per_node,
+                        concurrency=args.concurrency, partition=args.partition, account=args.account,
+                        grace=args.grace, log_dir=Path(args.log_dir).absolute() if args.log_dir else None,
+                        sbatch_args=tuple(args.sbatch_arg or ()))
+
+
+def slurm_submit(args: argparse.Namespace, settings: Settings) -> int:
+    request = request_from(args)
+    if args.dry_run:
+        print("# " + " ".join(shlex.quote(a) for a in request.sbatch_argv()) + " <<'EOF'")
+        print(request.script(), end="")
+        print("EOF")
+        return EXIT_OK
+    from sandbox_runner.hpc.slurm import submit
+
+    print(submit(request))
+    return EXIT_OK
+
+
+def slurm_drain(args: argparse.Namespace, settings: Settings) -> int:
+    """Warm shutdown of one pilot's workers, through the broker (the pilot's TERM trap runs this)."""
+    from sandbox_runner.celery_app import app
+    from sandbox_runner.hpc.pilot import worker_pattern
+
+    pattern = worker_pattern(args.queue, args.pilot)
+    replies = app.control.broadcast("shutdown", pattern=pattern, matcher="glob", reply=True, timeout=2.0)
+    print(f"asked {len(replies)} worker(s) matching {pattern} to finish their jobs and stop")
+    return EXIT_OK
+
+
+def slurm_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    """One decision (``--once``, for cron) or a loop of them every ``--interval`` seconds."""
+    from sandbox_runner.errors import ConfigError
+    from sandbox_runner.events.emitter import Emitter
+    from sandbox_runner.hpc import slurm
+    from sandbox_runner.hpc.autoscale import Autoscaler, queue_depth
+
+    if args.max < 1:
+        raise ConfigError(f"--max must be at least 1, got {args.max}", field="max")
+    request = request_from(args)
+    emitter = Emitter.from_settings(settings, settings.node_root, name=f"autoscale@{request.job_name}")
+    scaler = Autoscaler(request, args.max, depth=lambda: queue_depth(settings.broker_url, request.queue),
+                        pilots=lambda: slurm.pilots(request), submit=slurm.submit, emitter=emitter)
+    try:
+        if args.once:
+            decision = scaler.step()
+            print(f"submitted {decision.submit}: {decision.reason}")
+        else:
+            scaler.loop(args.interval)
+    finally:
+        emitter.close()
+    return EXIT_OK

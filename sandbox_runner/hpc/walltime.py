@@ -1,0 +1,70 @@
+"""When the allocation a worker runs in ends, and whether a job fits before then.
+
+Slurm 22.05 sets no ``SLURM_JOB_END_TIME``, so a worker inside a pilot asks ``squeue`` once, at start, for its
+job's end time (``%e``, the node's local time). Outside an allocation, or when Slurm cannot say, nothing is
+limited: a worker never refuses work because a scheduler was unreachable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("sandbox_runner.hpc")
+
+
+@dataclass(frozen=True)
+class Walltime:
+    """The allocation's end (epoch seconds; None: not in one, or unknown) and the grace kept before it."""
+
+    end: float | None = None
+    grace: float = 0.0
+    pilot: str | None = None
+
+    def left(self, now: float | None = None) -> float | None:
+        """Seconds a job may still take here: to the end, minus the grace."""
+        if self.end is None:
+            return None
+        return self.end - self.grace - (time.time() if now is None else now)
+
+    def admits(self, seconds: float | None, now: float | None = None) -> bool:
+        left = self.left(now)
+        return left is None or seconds is None or seconds <= left
+
+
+def parse_end(text: str) -> float | None:
+    """squeue's ``%e`` (``2026-12-03T10:15:00``, local time) as epoch seconds; None for Unknown, N/A, NONE."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def ask_slurm(env: Mapping[str, str], grace: float) -> Walltime:
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        return Walltime()
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True,
+                              timeout=30, check=False)
+        end = parse_end(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc, end = None, None
+        log.warning("walltime-unknown", pilot=job_id, reason=str(exc))
+    if end is None and proc is not None:
+        log.warning("walltime-unknown", pilot=job_id, reason=(proc.stderr or proc.stdout).strip())
+    return Walltime(end, grace, f"slurm:{job_id}")
+
+
+def job_time_limit(hard_limit: float | None, job: Mapping[str, Any]) -> float | None:
+    """The longest the job may run: the task's hard limit, else job_info's (HySDS puts it in both)."""
+    if hard_limit:
+        return float(hard_limit)
+    info = job.get("job_info")
+    value = info.get("time_limit") if isinstance(info, Mapping) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
