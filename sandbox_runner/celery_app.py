@@ -51,6 +51,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis has no queue priorities; kombu emulates 0-9 with one list per step (0 is served first there)
         conf["broker_transport_options"] = {"priority_steps": list(range(10)), "queue_order_strategy": "priority",
                                             "sep": ":"}
+        if settings.broker_visibility_timeout is not None:  # when a dead worker's message comes back
+            vt = settings.broker_visibility_timeout
+            # kombu sweeps for such messages every interval * throttle seconds (10 * 10 by default): make the
+            # sweep keep pace with a short timeout, or the message waits ~100 s more
+            conf["broker_transport_options"].update(visibility_timeout=vt, unacked_restore_throttle=1,
+                                                    unacked_restore_interval=max(1, min(10, vt // 2)))
     return conf
 
 

@@ -67,6 +67,9 @@ class Settings:
     drain_window: float = 5.0
     lease_ttl: float = 30.0
     spool_dir: Path | None = None
+    #: Redis broker only: seconds before an unacked message (its worker was SIGKILLed) is delivered again;
+    #: None = kombu's default, one hour. RabbitMQ redelivers as soon as the connection drops.
+    broker_visibility_timeout: int | None = None
     #: inside a Slurm pilot: seconds before the allocation's end by which jobs must be done (the pilot's
     #: ``--grace``; its script exports it). Jobs whose time limit does not fit before then are handed back.
     pilot_grace: float = 120.0
@@ -132,6 +135,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_DRAIN_WINDOW": "drain_window",
     "SANDBOX_RUNNER_LEASE_TTL": "lease_ttl",
     "SANDBOX_RUNNER_SPOOL_DIR": "spool_dir",
+    "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
     # HySDS's own variables (lower precedence than ours; applied first).

@@ -8,10 +8,11 @@ the redelivery guard runs the job again under a newer fencing token.
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import pytest
-from celery_helpers import client, containers, job_docs, wait_for
+from celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
 from conftest import Worker, make_job
 
 pytest_plugins = ["celery_fixtures"]
@@ -63,3 +64,30 @@ def test_a_worker_killed_three_times_completes_every_job_exactly_once(
             assert seen == ["job-started", "job-completed"], seen
     wait_for(lambda: containers(podman_ready, f"sandbox_runner.worker={w.name}") == [], 30,
              what="no container left")
+
+
+def test_on_the_redis_broker_the_visibility_timeout_brings_a_killed_job_back(
+        start_worker, podman_ready: Worker, own_redis: OwnRedis, redis_url: str, status_key: str) -> None:
+    """Redis keeps a dead worker's unacked message aside until the visibility timeout has passed (kombu's
+    default: an hour; here 5 s), then any worker polling the queue puts it back; then the same as on RabbitMQ."""
+    w = start_worker(own_redis.url, SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT="5")
+    job = make_job("sleep 3")
+    client(own_redis.url, redis_url).send_task("hysds.job_worker.run_job", args=[job], queue=w.queue,
+                                               task_id=job["task_id"])
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 60, what="container")
+    w.signal(signal.SIGKILL)
+    w.wait(timeout=30)
+    killed_at = time.monotonic()
+    w.start()
+
+    def seen() -> list[str]:
+        return statuses(redis_url, status_key, job["task_id"])
+
+    try:
+        wait_for(lambda: seen()[-1:] == ["job-completed"], 60, interval=0.5, what="the job completed after the kill")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen()}\n{w.text()[-3000:]}") from None
+    assert time.monotonic() - killed_at >= 5  # not before the visibility timeout
+    assert seen() == ["job-started", "job-offline", "job-started", "job-completed"]
+    wait_for(lambda: containers(podman_ready, label) == [], 30, what="no container left")
