@@ -6,9 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import VENV_BIN, require
+from conftest import HYSDS_SAMPLES, VENV_BIN, corpus_file, corpus_file_as_deployed, make_job, require, write_job
 
-EXAMPLES = Path(__file__).parent / "fixtures" / "hysds-examples"
+#: hysds_commons' schema example: valid, with a placeholder pre step validate warns about
+COMMONS_SPEC = "hysds__hysds_commons__job-spec.json.valid"
 
 
 def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
@@ -17,17 +18,17 @@ def validate(*paths: Path) -> subprocess.CompletedProcess[str]:
                           text=True, check=False, timeout=60)
 
 
-def test_every_real_hysds_file_is_valid_and_its_kind_named() -> None:
-    files = sorted(EXAMPLES.iterdir())
+def test_every_real_hysds_file_is_valid_and_its_kind_named(tmp_path: Path) -> None:
+    files = [corpus_file_as_deployed(saved, tmp_path) for saved in HYSDS_SAMPLES]
     proc = validate(*files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == len(files)
     kinds = {"job-spec.json.": "job-spec", "hysds-io.json.": "hysds-io", "job.json.": "job",
-             "worker-config.json.": "worker-config"}
+             "job_worker.json.": "worker-config"}
     for path, line in zip(files, lines, strict=True):
         kind = next(k for prefix, k in kinds.items() if path.name.startswith(prefix))
-        if path.name == "job-spec.json.valid":  # hysds_commons' example names a placeholder pre step
+        if path.name in ("job-spec.json.valid", "job-spec.json.gpus"):  # hysds_commons': a placeholder pre step
             assert line.startswith(f"{path}: {kind}: valid (warning: pre[0]: unknown step "
                                    "'some.python.preprocessor.function'"), line
         else:
@@ -35,13 +36,13 @@ def test_every_real_hysds_file_is_valid_and_its_kind_named() -> None:
 
 
 def test_an_invalid_file_names_the_field_in_one_line_and_exits_2(tmp_path: Path) -> None:
-    spec = json.loads((EXAMPLES / "job-spec.json.valid").read_text())
+    spec = json.loads(corpus_file(COMMONS_SPEC).read_text())
     spec["params"][0]["destination"] = "nowhere"
     bad = tmp_path / "job-spec.json.broken"
     bad.write_text(json.dumps(spec))
     garbage = tmp_path / "job.json.garbage"
     garbage.write_text('{"job_id": ')
-    proc = validate(EXAMPLES / "job.json.minimal-echo", bad, garbage)
+    proc = validate(write_job(tmp_path, make_job("/bin/echo hello"), "job.json.echo"), bad, garbage)
     assert proc.returncode == 2
     out = proc.stdout.splitlines()
     assert out[0].endswith("job: valid")
@@ -52,11 +53,11 @@ def test_an_invalid_file_names_the_field_in_one_line_and_exits_2(tmp_path: Path)
 
 def test_an_unknown_pre_or_post_step_is_reported_by_validate(tmp_path: Path) -> None:
     # valid HySDS (any importable name), so a warning on the "valid" line, but the user learns before queueing
-    spec = json.loads((EXAMPLES / "job-spec.json.valid").read_text())
+    spec = json.loads(corpus_file(COMMONS_SPEC).read_text())
     spec["pre"] = ["hysds.localize.localize_urls", "hysds.utils.no_such_step"]
     typo_spec = tmp_path / "job-spec.json.typo"
     typo_spec.write_text(json.dumps(spec))
-    job = json.loads((EXAMPLES / "job.json.minimal-echo").read_text())
+    job = make_job("/bin/echo hello")
     job["params"]["job_specification"] = {**spec, "pre": [], "post": ["publish_dataset"]}
     typo_job = tmp_path / "job.json.typo"
     typo_job.write_text(json.dumps(job))

@@ -1,23 +1,23 @@
 """Every real HySDS file in the reference corpus validates under the name it is deployed with.
 
 The corpus (job-specs, hysds-io files, worker configs and datasets.json from public deployments) is test data
-read in place from ``$SANDBOX_RUNNER_REFERENCE/hysds-corpus`` (default ``/work/shared/reference``), never
-copied into the project. Files are saved there as ``<owner>__<repo>__<deployed name>``; HySDS tells a file's
-kind by its deployed name, so each is validated through a symlink carrying that name. The corpus README names
-three hysds_commons files that are broken on purpose (its own schema tests expect them to fail).
+read in place from ``$SANDBOX_RUNNER_REFERENCE/hysds-corpus`` (default ``/work/shared/reference``, as
+``conftest.HYSDS_CORPUS``), never copied into the project. Files are saved there as
+``<owner>__<repo>__<deployed name>``; HySDS tells a file's kind by its deployed name, so each is validated
+through a symlink carrying that name. The corpus README names three hysds_commons files that are broken on
+purpose (its own schema tests expect them to fail).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
-from conftest import VENV_BIN, require
+from conftest import HYSDS_CORPUS, VENV_BIN, require
 
 from sandbox_runner.models import validate_file
 
-CORPUS = Path(os.environ.get("SANDBOX_RUNNER_REFERENCE", "/work/shared/reference")) / "hysds-corpus"
+CORPUS = HYSDS_CORPUS
 BROKEN_ON_PURPOSE = {
     "hysds__hysds_commons__hysds-io.json.value",
     "hysds__hysds_commons__hysds-io.json.conditional_required",

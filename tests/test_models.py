@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from conftest import HYSDS_SAMPLES, corpus_file, corpus_file_as_deployed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,14 +32,11 @@ from sandbox_runner.models import (
     worker_config_from_command,
 )
 
-EXAMPLES = Path(os.environ.get("SANDBOX_RUNNER_HYSDS_EXAMPLES", Path(__file__).parent / "fixtures" / "hysds-examples"))
-EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json.*"))
-assert len(EXAMPLE_FILES) == 10, f"the HySDS examples are missing from {EXAMPLES}"
 KIND_BY_PREFIX = {
     "job-spec.json.": "job-spec",
     "hysds-io.json.": "hysds-io",
     "job.json.": "job",
-    "worker-config.json.": "worker-config",
+    "job_worker.json.": "worker-config",
 }
 
 JOB: dict[str, Any] = {
@@ -101,9 +98,10 @@ def error_of(loader: Any, data: Any, source: str = "the-file.json") -> str:
     return message
 
 
-# --- the real examples --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
-def test_every_example_validates(path: Path) -> None:
+# --- real HySDS files, read in place from the reference corpus ------------------------------------------------
+@pytest.mark.parametrize("saved_as", HYSDS_SAMPLES)
+def test_every_example_validates(saved_as: str, tmp_path: Path) -> None:
+    path = corpus_file_as_deployed(saved_as, tmp_path)  # HySDS tells the kind by the deployed name
     expected = next(kind for prefix, kind in KIND_BY_PREFIX.items() if path.name.startswith(prefix))
     assert validate_file(str(path)) == (expected, None)
     assert detect_kind(str(path), json.loads(path.read_bytes())) == expected
@@ -112,28 +110,28 @@ def test_every_example_validates(path: Path) -> None:
 
 
 def test_example_details() -> None:
-    sciflo = load_job_spec((EXAMPLES / "job-spec.json.SCIFLO_L3_DSWx_HLS").read_bytes())
+    sciflo = load_job_spec(corpus_file("nasa__opera-sds-pcm__job-spec.json.SCIFLO_L3_DSWx_HLS").read_bytes())
     assert (
-        sciflo.dependency_images[0].container_image_url == "$CODE_BUCKET_URL/opera_pge-dswx_hls-1.0.4.tar.gz"
+        sciflo.dependency_images[0].container_image_url == "$CODE_BUCKET_URL/opera_pge-dswx_hls-1.0.3.tar.gz"
     )
-    assert sciflo.disk_usage_bytes == 100 * 1024**3
+    assert sciflo.disk_usage_bytes == 25 * 1024**3
     assert sciflo.recommended_queues == ["opera-job_worker-sciflo-l3_dswx_hls"]
     assert sciflo.disable_pre_builtins and sciflo.post[-1] == "hysds.triage.triage"
     assert sciflo.params_for("positional") == ["module_path", "wf_dir", "wf_name"]
-    valid = load_job_spec((EXAMPLES / "job-spec.json.valid").read_text())
+    valid = load_job_spec(corpus_file("hysds__hysds_commons__job-spec.json.valid").read_text())
     assert valid.dependency_images[0].container_image_url is None
     assert iter_mappings(valid.imported_worker_files) == [
         ("$HOME/.netrc", "/home/ops/.netrc", "ro"),
         ("$HOME/.aws", "/home/ops/.aws", "ro"),
         ("$HOME/project/conf/settings.conf", "/home/ops/project/conf/settings.conf", "ro"),
     ]
-    retry = load_job_spec((EXAMPLES / "job-spec.json.lw-mozart-retry").read_bytes())
+    retry = load_job_spec(corpus_file("hysds__lightweight-jobs__job-spec.json.lw-mozart-retry").read_bytes())
     assert retry.required_queues == ["system-jobs-queue"]
-    io = load_hysds_io((EXAMPLES / "hysds-io.json.lw-mozart-retry").read_bytes())
+    io = load_hysds_io(corpus_file("hysds__lightweight-jobs__hysds-io.json.lw-mozart-retry").read_bytes())
     assert io.component == "figaro" and io.enable_dedup is False
     assert io.param("retry_job_id") is not None and io.params[0].jpath == "_source.job.job_info.id"
     assert io.params[2].enumerables == ["-1", "0", "+1"] and io.params[3].optional is True
-    echo = load_hysds_io((EXAMPLES / "hysds-io.json.lightweight-echo").read_bytes())
+    echo = load_hysds_io(corpus_file("hysds__lightweight-jobs__hysds-io.json.lightweight-echo").read_bytes())
     assert echo.params[0].value == "Hello world!" and echo.submission_type == "individual"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_job
+from conftest import corpus_file, make_job
 from datafixtures import events
 from servers import FileServer
 
@@ -26,7 +26,7 @@ from sandbox_runner.steps.triage import triage
 
 pytest_plugins = ["datafixtures"]
 
-OPERA_SPEC = Path(__file__).resolve().parent / "fixtures/hysds-examples/job-spec.json.SCIFLO_L3_DSWx_HLS"
+OPERA_SPEC = "nasa__opera-sds-pcm__job-spec.json.SCIFLO_L3_DSWx_HLS"  # in the reference corpus
 SECRETS = ("hunter2", "s3cr3t-value-42", "deadbeefsig", "AKIAEXAMPLEKEY")
 
 
@@ -185,7 +185,8 @@ def test_redactor_by_structure_pattern_and_value() -> None:
 
 
 def test_opera_job_spec_resolves_to_our_steps() -> None:
-    spec = load_job_spec(OPERA_SPEC.read_bytes(), source=OPERA_SPEC.name)
+    path = corpus_file(OPERA_SPEC)  # names HySDS's *_parallel localize/publish steps
+    spec = load_job_spec(path.read_bytes(), source=path.name)
     pre, post = registry.plan_steps(spec, kind="pre"), registry.plan_steps(spec, kind="post")
     assert pre == ["localize_urls", "mark_localized_datasets", "validate_checksum_files"]
     assert post == ["publish_datasets", "triage"]
