@@ -23,6 +23,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Ignore, Reject
 
 from sandbox_runner.errors import WorkerExecutionError
+from sandbox_runner.events.documents import job_info_of
 from sandbox_runner.settings import Settings, load_settings
 from sandbox_runner.worker.messages import CheckedTask, report_rejected
 
@@ -111,7 +112,7 @@ def _queue_user_rules(task: Task, queue: str, job: Any, result: dict[str, Any]) 
     status = result.get("status")
     if status in ("job-revoked", "job-deduped") or result.get("payload_id") is None:
         return  # (no payload id: a job too malformed to name one; there is nothing to evaluate)
-    info = (job.get("job_info") if isinstance(job, dict) else None) or {}
+    info = job_info_of(job)
     index = info.get("index") if status == "job-completed" else "job_failed"
     payload = {"type": "user_rules_job", "function": "hysds.user_rules_job.evaluate_user_rules_job",
                "args": [result.get("payload_id")], "kwargs": {"index": index}}

@@ -15,6 +15,8 @@ from typing import Any
 
 import structlog
 
+from sandbox_runner.events.documents import job_info_of
+
 log = structlog.get_logger("sandbox_runner.hpc")
 
 
@@ -65,6 +67,5 @@ def job_time_limit(hard_limit: float | None, job: Mapping[str, Any]) -> float | 
     """The longest the job may run: the task's hard limit, else job_info's (HySDS puts it in both)."""
     if hard_limit:
         return float(hard_limit)
-    info = job.get("job_info")
-    value = info.get("time_limit") if isinstance(info, Mapping) else None
+    value = job_info_of(job).get("time_limit")
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
