@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from _rootless import REPO, as_worker
-from throughput import job, start_worker
+from throughput import client_app, job, start_worker, worker_env
 
 CLI = str(REPO / ".venv/bin/sandbox-runner")
 
@@ -76,19 +76,13 @@ def main() -> None:
     args = ap.parse_args()
     as_worker()
     import redis
-    from celery import Celery
 
     key = f"bench-events-{uuid.uuid4().hex[:8]}"
-    app = Celery("bench", broker=args.broker, backend=args.redis, set_as_current=False)
-    app.conf.update(task_serializer="msgpack", result_serializer="msgpack", accept_content=["msgpack", "json"],
-                    task_queue_max_priority=10)
+    app = client_app(args.broker, args.redis)
     pilots: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sr-pilots-") as tmp:
         run = Path(tmp)
-        env = dict(os.environ, SANDBOX_RUNNER_WORK_ROOT=str(run / "root"), SANDBOX_RUNNER_LOG_LEVEL="warning",
-                   SANDBOX_RUNNER_MIN_FREE_PERCENT="0", SANDBOX_RUNNER_BROKER_URL=args.broker,
-                   SANDBOX_RUNNER_RESULT_BACKEND=args.redis, SANDBOX_RUNNER_REDIS_URL=args.redis,
-                   SANDBOX_RUNNER_STATUS_KEY=key, SANDBOX_RUNNER_JOB_INFO_KEY=key)
+        env = worker_env(run, args.broker, args.redis, key)
         try:
             # 1. first job running: a pilot submitted, against a worker started by hand (same job, same machine)
             first: dict[str, float] = {}

@@ -43,6 +43,24 @@ def job(n: int) -> dict[str, Any]:
     }
 
 
+def client_app(broker: str, backend: str) -> Any:
+    """A producer as HySDS's orchestrator has one: msgpack, priorities 0-9, results on ``backend``."""
+    from celery import Celery
+
+    app = Celery("bench", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(task_serializer="msgpack", result_serializer="msgpack", accept_content=["msgpack", "json"],
+                    task_queue_max_priority=10)
+    return app
+
+
+def worker_env(run: Path, broker: str, redis_url: str, key: str) -> dict[str, str]:
+    """The worker's settings for a benchmark run: its own work root and status list, quiet logs."""
+    return dict(os.environ, SANDBOX_RUNNER_WORK_ROOT=str(run / "root"), SANDBOX_RUNNER_LOG_LEVEL="warning",
+                SANDBOX_RUNNER_MIN_FREE_PERCENT="0", SANDBOX_RUNNER_BROKER_URL=broker,
+                SANDBOX_RUNNER_RESULT_BACKEND=redis_url, SANDBOX_RUNNER_REDIS_URL=redis_url,
+                SANDBOX_RUNNER_STATUS_KEY=key, SANDBOX_RUNNER_JOB_INFO_KEY=key)
+
+
 def start_worker(env: dict[str, str], queue: str, concurrency: int, run: Path) -> subprocess.Popen[bytes]:
     log = (run / "worker.log").open("wb")
     proc = subprocess.Popen([str(REPO / ".venv/bin/sandbox-runner"), "worker", "-Q", queue, "-c", str(concurrency),
@@ -99,19 +117,13 @@ def main() -> None:
     args = ap.parse_args()
     as_worker()
     import redis
-    from celery import Celery
 
     sock = f"unix:///run/user/{os.getuid()}/podman/podman.sock"
     queue, key = f"bench-{uuid.uuid4().hex[:8]}", f"bench-events-{uuid.uuid4().hex[:8]}"
-    app = Celery("bench", broker=args.broker, backend=args.redis, set_as_current=False)
-    app.conf.update(task_serializer="msgpack", result_serializer="msgpack", accept_content=["msgpack", "json"],
-                    task_queue_max_priority=10)
+    app = client_app(args.broker, args.redis)
     with tempfile.TemporaryDirectory(prefix="sr-tput-") as tmp:
         run = Path(tmp)
-        env = dict(os.environ, SANDBOX_RUNNER_WORK_ROOT=str(run / "root"), SANDBOX_RUNNER_LOG_LEVEL="warning",
-                   SANDBOX_RUNNER_MIN_FREE_PERCENT="0", SANDBOX_RUNNER_BROKER_URL=args.broker,
-                   SANDBOX_RUNNER_RESULT_BACKEND=args.redis, SANDBOX_RUNNER_REDIS_URL=args.redis,
-                   SANDBOX_RUNNER_STATUS_KEY=key, SANDBOX_RUNNER_JOB_INFO_KEY=key)
+        env = worker_env(run, args.broker, args.redis, key)
         worker = start_worker(env, queue, args.c, run)
         try:
             through_worker(app, queue, 2 * args.c)  # warm-up: imports, image, the API service's first calls
