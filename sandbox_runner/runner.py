@@ -28,7 +28,7 @@ from sandbox_runner.steps.base import JobContext, Step
 from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.steps.prepare import ResolveJob
 from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
-from sandbox_runner.workdir import job_dir_path
+from sandbox_runner.workroot import WorkRoot
 
 BackendFactory = Callable[[Settings, ContainerSpec], Backend]
 
@@ -194,7 +194,7 @@ class JobRunner:
         ctx = JobContext(job=job, settings=self.settings, emitter=self.emitter)
         ResolveJob().run(ctx)
         assert ctx.work_root is not None
-        return build_spec(ctx, str(job_dir_path(ctx.work_root, str(job["job_id"]), time.time())))
+        return build_spec(ctx, str(WorkRoot(ctx.work_root).job_dir(str(job["job_id"]), time.time())))
 
     # -- close-up --------------------------------------------------------------------------------------------------
     def _close_plainly(self, ctx: JobContext, failure: BaseException | None, exc: Exception) -> JobOutcome:

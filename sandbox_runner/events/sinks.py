@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgpack
 
 from sandbox_runner.errors import EventSinkError
+from sandbox_runner.workroot import WorkRoot
 
 STATUS_KEY_PREFIX = "hysds-job-status-"
 
@@ -115,9 +116,9 @@ def open_sink(redis_url: str | None, work_root: Path, *, spool_dir: Path | None 
 
         from sandbox_runner.events.spool import SpoolSink
 
-        return SpoolSink(RedisSink(redis_url), spool_dir or work_root / "events" / "spool",
+        return SpoolSink(RedisSink(redis_url), spool_dir or WorkRoot(work_root).event_spool,
                          source=source or f"sandbox-runner@{socket.gethostname()}")
-    return FileSink(work_root / "events" / "events.msgpack")
+    return FileSink(WorkRoot(work_root).event_file)
 
 
 def read_file_events(path: Path) -> Iterator[dict[str, Any]]:
