@@ -16,8 +16,9 @@ from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.settings import load_settings
 from sandbox_runner.steps import registry
 from sandbox_runner.testing import CapturedEvents, capture_events, fake_runner
+from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.lease import LeaseGuard
-from sandbox_runner.worker.service import TaskInfo, WorkerService
+from sandbox_runner.worker.service import WorkerService
 
 TRIAGED: list[str] = []
 
