@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from sandbox_runner.events import Emitter, MemorySink  # noqa: E402
+from sandbox_runner.job.steps.base import JobContext  # noqa: E402
+from sandbox_runner.job.workdir import WorkDir  # noqa: E402
 from sandbox_runner.settings import load_settings  # noqa: E402
-from sandbox_runner.steps.base import JobContext  # noqa: E402
-from sandbox_runner.workdir import WorkDir  # noqa: E402
 
 MiB = 1 << 20
 

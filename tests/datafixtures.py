@@ -15,11 +15,11 @@ import pytest
 from conftest import require
 from servers import FileServer, file_server, moto_server
 
+from sandbox_runner.job.steps.base import JobContext
+from sandbox_runner.job.workdir import WorkDir
 from sandbox_runner.models import load_datasets_config
 from sandbox_runner.settings import load_settings
-from sandbox_runner.steps.base import JobContext
 from sandbox_runner.testing import CapturedEvents, capture_events
-from sandbox_runner.workdir import WorkDir
 
 MakeCtx = Callable[..., JobContext]
 

@@ -28,9 +28,9 @@ from typing import Any
 import structlog
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO, Mount
-from sandbox_runner.backends.images import ensure_image
-from sandbox_runner.backends.podman import PodmanBackend
-from sandbox_runner.backends.podman_api import PodmanAPI
+from sandbox_runner.backends.podman.api import PodmanAPI
+from sandbox_runner.backends.podman.backend import PodmanBackend
+from sandbox_runner.backends.podman.images import ensure_image
 from sandbox_runner.errors import SandboxRunnerError
 
 

@@ -18,7 +18,7 @@ from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.fspolicy import FsPolicy
 from sandbox_runner.fspolicy.admission import live_reservations, root_lock
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import load_settings
 from sandbox_runner.testing import CapturedEvents, fake_runner
 

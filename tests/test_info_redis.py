@@ -14,7 +14,7 @@ from conftest import make_job, read_status_list
 
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events import Emitter
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import load_settings
 
 pytest_plugins = ["celery_fixtures"]  # own_redis

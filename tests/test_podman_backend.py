@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import BUSYBOX, BUSYBOX_TAR, VENV_BIN, Worker, require
 
-from sandbox_runner.backends.podman_api import APIError, PodmanAPI
+from sandbox_runner.backends.podman.api import APIError, PodmanAPI
 
 pytestmark = pytest.mark.podman
 

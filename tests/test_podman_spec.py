@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sandbox_runner.backends.base import ContainerSpec, Mount
-from sandbox_runner.backends.podman_api import PodmanAPI, _encode_params, socket_path
-from sandbox_runner.backends.podman_options import map_runtime_options
-from sandbox_runner.backends.podman_service import default_socket_url
-from sandbox_runner.backends.podman_spec import build_create_body, refuse_engine_socket, userns_and_user
+from sandbox_runner.backends.podman.api import PodmanAPI, _encode_params, socket_path
+from sandbox_runner.backends.podman.options import map_runtime_options
+from sandbox_runner.backends.podman.service import default_socket_url
+from sandbox_runner.backends.podman.spec import build_create_body, refuse_engine_socket, userns_and_user
 from sandbox_runner.errors import BackendError
 
 GiB = 1024**3

@@ -14,14 +14,16 @@ from servers import FileServer
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.datasets import bundle
+from sandbox_runner.data.localize import steps as localize
+from sandbox_runner.data.publish import steps as publish
+from sandbox_runner.data.triage import bundle
+from sandbox_runner.data.triage import steps as triage_step
+from sandbox_runner.data.triage.steps import triage
+from sandbox_runner.job.runner import JobRunner
+from sandbox_runner.job.steps import registry
 from sandbox_runner.models import load_job_spec
 from sandbox_runner.redact import redact_text, redact_url
-from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
-from sandbox_runner.steps import localize, publish, registry
-from sandbox_runner.steps import triage as triage_step
-from sandbox_runner.steps.triage import triage
 from sandbox_runner.testing import CapturedEvents, fake_runner
 
 pytest_plugins = ["datafixtures"]

@@ -13,8 +13,8 @@ from conftest import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
+from sandbox_runner.job.steps import registry
 from sandbox_runner.settings import load_settings
-from sandbox_runner.steps import registry
 from sandbox_runner.testing import CapturedEvents, capture_events, fake_runner
 from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.lease import LeaseGuard
