@@ -30,7 +30,7 @@ _SERVE = """
 import sys, time
 sys.path[:0] = [sys.argv[1]]
 from pathlib import Path
-from servers import FileServer
+from support.servers import FileServer
 server = FileServer(Path(sys.argv[2]))
 server.faults.delay = float(sys.argv[3])
 print(server.url, flush=True)

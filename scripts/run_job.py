@@ -14,14 +14,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 try:
-    from sandbox_runner.cli.main import main
+    from sandbox_runner.cli import main
 except ImportError:
     venv_python = REPO / ".venv" / "bin" / "python"
     if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
         # run under the project's virtual environment (made by `make setup`) when called with another python
         os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
     sys.path.insert(0, str(REPO))
-    from sandbox_runner.cli.main import main
+    from sandbox_runner.cli import main
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUSYBOX, BUSYBOX_TAR, Worker, make_job, require
+from support.jobs import make_job
+from support.machine import BUSYBOX, BUSYBOX_TAR, Worker, require
 from test_job_path import job_dir_of, run_job, terminal
 
 from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_job
+from support.jobs import make_job
+from support.machine import REPO
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend

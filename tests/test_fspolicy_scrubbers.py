@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO
-from fsjobs import make_job_dir
+from support.fsjobs import make_job_dir
+from support.machine import REPO
 
 from sandbox_runner.fspolicy import FsPolicy, PeriodicScrubber
 from sandbox_runner.fspolicy.quarantine import entry_name
@@ -50,7 +50,7 @@ def test_periodic_scrubber_survives_a_missing_root(tmp_path: Path) -> None:
 
 def _cli(*args: str, **env: str) -> tuple[int, str]:
     """The real command line, in its own process (it configures logging for the whole process)."""
-    proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli.main", *args], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli", *args], cwd=REPO, capture_output=True,
                           text=True, env={"PATH": os.environ.get("PATH", ""), **env}, timeout=60)
     return proc.returncode, proc.stdout
 

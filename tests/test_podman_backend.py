@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUSYBOX, BUSYBOX_TAR, VENV_BIN, Worker, require
+from support.machine import BUSYBOX, BUSYBOX_TAR, VENV_BIN, Worker, require
 
 from sandbox_runner.backends.podman.api import APIError, PodmanAPI
 

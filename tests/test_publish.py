@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from datafixtures import events
-from servers import FileServer
+from support.data_fixtures import events
+from support.servers import FileServer
 
 from sandbox_runner.data.localize.steps import mark_localized_datasets
 from sandbox_runner.data.publish import destinations
@@ -19,8 +19,6 @@ from sandbox_runner.data.publish.ingest import find_datasets
 from sandbox_runner.data.publish.steps import publish_datasets
 from sandbox_runner.errors import NoClobberError, PublishError
 from sandbox_runner.job.steps.base import JobContext
-
-pytest_plugins = ["datafixtures"]
 
 
 def _datasets(location: str, **entry: Any) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import BUSYBOX, BUSYBOX_TAR, REPO, make_job, require, write_job
+from support.jobs import make_job, write_job
+from support.machine import BUSYBOX, BUSYBOX_TAR, REPO, require
 
 from sandbox_runner.backends.podman.spec import fit_rootful_rlimits, service_rlimits
 
@@ -47,7 +48,7 @@ def test_run_job_as_root_in_rootful_podman(shared_dir: Path) -> None:
     path = write_job(shared_dir, job)
     root = shared_dir / "rootful-work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_RUNNER_")}
-    proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli.main", "run-job", str(path), "--backend", "podman",
+    proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli", "run-job", str(path), "--backend", "podman",
                            "--work-root", str(root)], capture_output=True, text=True, timeout=300, env=env,
                           cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_job
+from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_job
+from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
@@ -145,7 +145,7 @@ def test_a_run_fenced_out_before_publishing_publishes_nothing(tmp_path: Path, re
 def test_the_worker_scrubs_between_jobs_once_per_interval(tmp_path: Path) -> None:
     import time
 
-    from fsjobs import make_job_dir
+    from support.fsjobs import make_job_dir
 
     from sandbox_runner.fspolicy.quarantine import entry_name
 

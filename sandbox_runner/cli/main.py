@@ -151,6 +151,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return EXIT_USAGE
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -96,12 +96,12 @@ class PilotRequest:
     def script(self) -> str:
         program = program_for(self.queue)
         worker = " ".join(shlex.quote(a) for a in [
-            self.python, "-m", "sandbox_runner.cli.main", "worker", "-Q", self.queue, "-c", str(self.concurrency)])
+            self.python, "-m", "sandbox_runner.cli", "worker", "-Q", self.queue, "-c", str(self.concurrency)])
         # Single quotes: the name is expanded by each task's own shell, where SLURM_LOCALID is that task's.
         task = (f'exec {worker} -n "celery@{program}-slurm${{SLURM_JOB_ID}}.$(printf %02d $((SLURM_LOCALID + 1)))'
                 '.%h"')
         drain = " ".join(shlex.quote(a) for a in [
-            self.python, "-m", "sandbox_runner.cli.main", "slurm", "drain", "-Q", self.queue])
+            self.python, "-m", "sandbox_runner.cli", "slurm", "drain", "-Q", self.queue])
         return "\n".join([
             "#!/bin/bash",
             f"# sandbox-runner pilot for queue {self.queue}: {self.nodes} node(s) x {self.workers_per_node} "

@@ -1,5 +1,5 @@
 """Fixtures for the data-in/out tests (localize, publish, triage): a job context with a real work dir, and the
-loopback servers of ``servers.py``. Loaded with ``pytest_plugins = ["datafixtures"]`` (kept out of conftest.py).
+loopback servers of ``servers.py``. Registered once, by ``tests/conftest.py``'s ``pytest_plugins``.
 
 Test modules also import its helpers, so it is not assert-rewritten: PYTEST_DONT_REWRITE
 """
@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
-from servers import FileServer, file_server, moto_server
 
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.job.workdir import WorkDir
 from sandbox_runner.models import load_datasets_config
 from sandbox_runner.settings import load_settings
 from sandbox_runner.testing import CapturedEvents, capture_events
+from support.machine import require
+from support.servers import FileServer, file_server, moto_server
 
 MakeCtx = Callable[..., JobContext]
 

@@ -10,9 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import require
-
 from sandbox_runner.workroot import WorkRoot
+from support.machine import require
 
 #: the layout's clock for test jobs: minute i of 2025-01-01 (UTC); paths sort by i
 T0 = 1735689600.0

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from celery_helpers import OwnRedis, WorkerProc, free_port, remove_containers
-from conftest import USER, Worker, require
+
+from support.celery_helpers import OwnRedis, WorkerProc, free_port, remove_containers
+from support.machine import USER, Worker, require
 
 
 @pytest.fixture(scope="session")
