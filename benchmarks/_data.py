@@ -1,6 +1,6 @@
 """Shared by benchmarks/localize.py and benchmarks/publish.py: a job context, a loopback server process, timing.
 
-The HTTP server runs in its own process (tests/servers.py's FileServer, sendfile for bodies), so neither the
+The HTTP server runs in its own process (tests/support/servers.py's FileServer, sendfile for bodies), so neither the
 baseline nor sandbox_runner shares an interpreter with it.
 """
 
