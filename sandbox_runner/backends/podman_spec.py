@@ -88,6 +88,13 @@ def build_create_body(
     # the job dir last: a mount of its parent (HySDS mounts <root>/jobs) must not hide it
     refuse_engine_socket(spec.workdir, sockets)
     mounts.append({"type": "bind", "source": spec.workdir, "destination": spec.workdir, "options": ["rbind", "rw"]})
+    env = dict(spec.env)
+    if spec.engine_socket is not None:
+        # given on purpose by the sharing policy (never from container_mappings): at its own path, as HySDS
+        # mounts it, and named in CONTAINER_HOST so ``podman --remote`` inside finds it
+        mounts.append({"type": "bind", "source": spec.engine_socket, "destination": spec.engine_socket,
+                       "options": ["bind", "rw"]})
+        env.setdefault("CONTAINER_HOST", f"unix://{spec.engine_socket}")
     host_uid, host_gid = host_ids if host_ids is not None else (os.getuid(), os.getgid())
     options, uid, gid, named = _user_option(spec)
     userns, user = userns_and_user(uid, gid, host_uid, host_gid)
@@ -96,7 +103,7 @@ def build_create_body(
         "name": spec.name,
         "command": list(spec.argv),
         "work_dir": spec.workdir,
-        "env": dict(spec.env),
+        "env": env,
         "labels": dict(labels),
         "mounts": mounts,
         "init": True,  # like HySDS's ``--init``: signals reach the job, zombies are reaped

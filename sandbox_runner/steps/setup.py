@@ -11,6 +11,7 @@ from sandbox_runner.events.documents import iso_now
 from sandbox_runner.hostfacts import host_facts
 from sandbox_runner.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.runscript import render_run_script
+from sandbox_runner.sharing import prepare_mountpoints
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.workdir import WorkDir
 
@@ -106,6 +107,7 @@ class BuildContainer:
             self._policies[root] = load_mount_policy(ctx.settings.mount_policy, env=ctx.settings.env,
                                                      work_root=root)
         ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
+        prepare_mountpoints(spec.workdir, spec.mounts)
         ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
         backend_name = ctx.backend.name
         wd.write_json("_docker_params.json", docker_params(spec))
