@@ -3,7 +3,8 @@ as ``srunner``, status documents in a real Redis.
 
 - a job reads the worker's ``celeryconfig.py`` and ``datasets.json`` from its work dir and succeeds; both are
   read-only inside; a secret in ``celeryconfig.py`` reaches no file of the job dir, no triage bundle, no event;
-- the engine socket is absent by default and present (a socket, usable by the job's user) for an allowed type;
+- the engine socket is absent by default and present (a socket, usable by the job's user) for an allowed type,
+  where a job's own client gets podman's ``/_ping`` answer through it;
 - ``runtime_options.gpus`` on a node whose ``HYSDS_GPU_AVAILABLE`` claims GPUs but that has no CDI spec: one
   job-failed naming the option; without the claim the job runs without GPUs, as under HySDS;
 - ``--dry-run`` refuses ``network: bridge`` as the rootless backend would.
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import Worker, make_job, read_status_list, write_job
+from conftest import Worker, make_job, read_status_list, require, write_job
 from test_job_path import job_dir_of, run_job, terminal
 
 SECRET = "amqp-pw-Zq8v41x"
@@ -117,6 +119,59 @@ def test_engine_socket_only_for_allowed_job_types(podman_ready: Worker, shared_d
     (entry,) = params.values()
     assert entry["engine_socket"] == sock
     assert entry["labels"]["sandbox_runner.engine_socket"].startswith(f"{sock}: job type 'job-SCIFLO_L3' matches")
+
+
+#: a static HTTP-over-unix-socket client (the test image, static busybox, has none): what a PGE's podman client does
+PING_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    char buf[4096];
+    const char *req = "GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n";
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    ssize_t n;
+    strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("connect"); return 2; }
+    if (write(fd, req, strlen(req)) < 0) { perror("write"); return 3; }
+    while ((n = read(fd, buf, sizeof buf)) > 0) fwrite(buf, 1, n, stdout);
+    return 0;
+}
+"""
+
+
+def _ping_client(shared_dir: Path) -> Path:
+    require(shutil.which("gcc") is not None, "gcc (with a static libc) is needed to build the socket client")
+    src, out = shared_dir / "ping.c", shared_dir / "ping"
+    src.write_text(PING_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(src)], check=True, capture_output=True)
+    out.chmod(0o755)
+    return out
+
+
+def test_allowed_job_talks_to_the_engine(podman_ready: Worker, shared_dir: Path, work_root: Path,
+                                         redis_url: str, status_key: str) -> None:
+    client = _ping_client(shared_dir)
+    policy = _sharing_policy(shared_dir, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n')
+    job = make_job(f"./ping {podman_ready.socket}", job_type="job-SCIFLO_L3",
+                   container_mappings={str(client): "ping"})
+    _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman",
+                      SANDBOX_RUNNER_SHARING_POLICY=policy)
+    jd = job_dir_of(docs)
+    assert terminal(docs)["status"] == "job-completed", (jd / "_stderr.txt").read_text()
+    reply = (jd / "_stdout.txt").read_text()
+    assert reply.startswith("HTTP/1.0 200 OK") and "Libpod-Api-Version" in reply and reply.endswith("OK"), reply
+    # the same client, a job type not allowed: the socket is not there to connect to
+    redis_clear(redis_url, status_key)
+    job = make_job(f"./ping {podman_ready.socket}", job_type="job-other", container_mappings={str(client): "ping"})
+    _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman",
+                      SANDBOX_RUNNER_SHARING_POLICY=policy)
+    jd = job_dir_of(docs)
+    assert terminal(docs)["status"] == "job-failed"
+    assert (jd / "_stderr.txt").read_text() == "connect: No such file or directory\n"
 
 
 def redis_clear(redis_url: str, key: str) -> None:
