@@ -224,3 +224,25 @@ def test_dry_run_shows_what_the_rootless_backend_would_send(podman_ready: Worker
     assert create["name"] == doc["name"] and create["command"] == ["echo", "hi"]
     # nothing was created or run
     assert not list(work_root.glob("jobs/*")) and read_status_list(redis_url, status_key) == []
+
+
+def test_work_root_mounts_for_a_listed_type(podman_ready: Worker, shared_dir: Path, work_root: Path,
+                                            redis_url: str, status_key: str) -> None:
+    policy = _sharing_policy(shared_dir, '[work_root]\nallow = ["lw-*"]\n')
+    other = work_root / "jobs" / "2026" / "other-job"
+    other.mkdir(parents=True)
+    (other / "_job.json").write_text("{}")
+    subprocess.run(["chown", "-R", f"{podman_ready.uid}:{podman_ready.gid}", str(work_root / "jobs")], check=True)
+    probe = (f"sh -c 'cat {other}/_job.json && ls -d {work_root}/tasks {work_root}/workers {work_root}/cache"
+             f" && ! touch {other}/x && ! touch {work_root}/tasks/x && touch mine && echo ok'")
+    _, docs = run_job(podman_ready, make_job(probe, job_type="lw-purge"), shared_dir, work_root, redis_url,
+                      status_key, "podman", SANDBOX_RUNNER_SHARING_POLICY=policy)
+    jd = job_dir_of(docs)
+    assert terminal(docs)["status"] == "job-completed", (jd / "_stderr.txt").read_text()
+    assert (jd / "_stdout.txt").read_text().endswith("ok\n") and (jd / "mine").exists()  # its own dir stays rw
+    assert not (other / "x").exists()
+    # a type not listed sees no other job's dir
+    redis_clear(redis_url, status_key)
+    _, docs = run_job(podman_ready, make_job(f"cat {other}/_job.json"), shared_dir, work_root, redis_url,
+                      status_key, "podman", SANDBOX_RUNNER_SHARING_POLICY=policy)
+    assert terminal(docs)["status"] == "job-failed"
