@@ -5,7 +5,9 @@ This is where the HySDS job/work-config fields meet the backend contract. Contai
 ``container_image_url``; ``container_mappings`` / ``imported_worker_files`` become mounts, checked against the
 mount policy; ``runtime_options`` string values are ``$VAR``-expanded; ``gpus`` is dropped unless
 ``HYSDS_GPU_AVAILABLE`` says the node has them; the network is :mod:`sandbox_runner.netpolicy`'s choice (the
-node's network unless the policy denies it). Unlike HySDS, the job gets *no* copy of the worker's environment.
+node's network unless the policy denies it); the worker's ``celeryconfig.py`` and ``datasets.json``, HySDS's
+work-root mounts and the engine socket are :mod:`sandbox_runner.sharing`'s. Unlike HySDS, the job gets *no* copy of
+the worker's environment.
 """
 
 from __future__ import annotations
