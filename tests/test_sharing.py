@@ -218,3 +218,15 @@ def test_dry_run_document_is_the_backends_create_request(tmp_path: Path) -> None
     with pytest.raises(BackendError, match="runtime option 'frobnicate'"):
         dry_run_document(settings, ContainerSpec(name="n", image="i", argv=("x",), workdir="/w",
                                                  runtime_options={"frobnicate": 1}))
+
+
+def test_rootful_worker_fails_an_allowed_job_once_with_the_reason(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    runner, sink = _runner(tmp_path, backend, SANDBOX_RUNNER_SHARING_POLICY=_policy(
+        tmp_path, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n', "root.toml"))
+    runner.settings = runner.settings.with_overrides(uid=0)  # a worker running as root (rootful podman)
+    outcome = runner.run(make_job("/bin/true", job_type="job-SCIFLO_L3"))
+    doc = _one_terminal(sink)
+    assert outcome.status == doc["status"] == "job-failed" and backend.calls == []
+    assert "the engine socket is only given by rootless workers: the worker runs as root" in doc["error"]
+    assert "remove the job type from engine_socket.allow" in doc["error"]
