@@ -25,4 +25,6 @@ def dry_run_document(settings: Settings, spec: ContainerSpec) -> dict[str, Any]:
         body, notes = backend.create_body(spec)  # BackendError: the job would fail the same way
         doc["podman_create"] = body
         doc["ignored_options"] = notes
+        if backend.rootful:  # the one part decided at create time: it depends on the running service
+            doc["rootful_rlimits"] = "r_limits not set by the job get the rootful service's hard limits at create"
     return doc
