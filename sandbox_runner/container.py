@@ -116,8 +116,10 @@ def _dependencies(ctx: JobContext, job_dir: str, policy: MountPolicy,
         if not isinstance(mappings, dict) or not isinstance(options, dict):
             raise JobFormatError("container_mappings and runtime_options must be objects", field=where)
         own = resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)
-        # HySDS's create_container_params gives a dependency image the same worker files and work-root mounts
-        own = (*own, *_not_mapped(shared, own))
+        # HySDS's create_container_params gives a dependency image the same worker files and work-root mounts;
+        # and the job dir, read-write, as HySDS's <root>/jobs mount does: a PGE started through the engine socket
+        # with these volumes (OPERA's wrapper passes them whole) must find its inputs and write its outputs there
+        own = (Mount(job_dir, job_dir, "rw"), *own, *_not_mapped(shared, own))
         deps.append(DependencyImage(
             image=name.strip(),
             image_url=expand(url, env) if url else None,

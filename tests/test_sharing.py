@@ -230,3 +230,19 @@ def test_rootful_worker_fails_an_allowed_job_once_with_the_reason(tmp_path: Path
     assert outcome.status == doc["status"] == "job-failed" and backend.calls == []
     assert "the engine socket is only given by rootless workers: the worker runs as root" in doc["error"]
     assert "remove the job type from engine_socket.allow" in doc["error"]
+
+
+def test_dependency_images_get_the_job_dir_and_worker_files_in_docker_params(tmp_path: Path) -> None:
+    from sandbox_runner.container import docker_params
+
+    env = _files(tmp_path)
+    runner, _ = _runner(tmp_path, FakeBackend(), **env)
+    job = make_job("/bin/true")
+    job["params"]["job_specification"]["dependency_images"] = [
+        {"container_image_name": "opera_pge/dswx_hls:1.0.3", "container_image_url": None, "container_mappings": {}}]
+    spec = runner.plan(job)
+    volumes = docker_params(spec)["opera_pge/dswx_hls:1.0.3"]["volumes"]
+    # what a PGE wrapper passes whole to the sibling it starts through the engine socket (as HySDS's would)
+    assert volumes == [[spec.workdir, f"{spec.workdir}:rw"],
+                       [env["HYSDS_CELERY_CFG"], f"{spec.workdir}/celeryconfig.py:ro"],
+                       [env["HYSDS_DATASETS_CFG"], f"{spec.workdir}/datasets.json:ro"]]
