@@ -4,7 +4,9 @@ as ``srunner``, status documents in a real Redis.
 - a job reads the worker's ``celeryconfig.py`` and ``datasets.json`` from its work dir and succeeds; both are
   read-only inside; a secret in ``celeryconfig.py`` reaches no file of the job dir, no triage bundle, no event;
 - the engine socket is absent by default and present (a socket, usable by the job's user) for an allowed type,
-  where a job's own client gets podman's ``/_ping`` answer through it;
+  where a job's own client gets podman's ``/_ping`` answer through it, and starts a sibling container (as
+  OPERA's PGE wrapper starts its dependency image) that writes into the job's dir;
+- a job type listed for HySDS's work-root mounts sees ``<root>/jobs|tasks|workers|cache`` read-only;
 - ``runtime_options.gpus`` on a node whose ``HYSDS_GPU_AVAILABLE`` claims GPUs but that has no CDI spec: one
   job-failed naming the option; without the claim the job runs without GPUs, as under HySDS;
 - ``--dry-run`` refuses ``network: bridge`` as the rootless backend would.
@@ -16,10 +18,11 @@ import hashlib
 import json
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import Worker, make_job, read_status_list, require, write_job
+from conftest import BUSYBOX, Worker, make_job, read_status_list, require, write_job
 from test_job_path import job_dir_of, run_job, terminal
 
 SECRET = "amqp-pw-Zq8v41x"
@@ -121,8 +124,10 @@ def test_engine_socket_only_for_allowed_job_types(podman_ready: Worker, shared_d
     assert entry["labels"]["sandbox_runner.engine_socket"].startswith(f"{sock}: job type 'job-SCIFLO_L3' matches")
 
 
-#: a static HTTP-over-unix-socket client (the test image, static busybox, has none): what a PGE's podman client does
-PING_C = r"""
+#: a static HTTP-over-unix-socket client (the test image, static busybox, has none), as a PGE's podman client:
+#: ``api SOCKET METHOD PATH [BODY-FILE]`` prints the reply
+API_C = r"""
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -130,23 +135,30 @@ PING_C = r"""
 #include <unistd.h>
 int main(int argc, char **argv) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    char buf[4096];
-    const char *req = "GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n";
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    ssize_t n;
+    static char body[65536], buf[65536];
+    ssize_t n, len = 0;
+    int fd;
+    if (argc < 4) return 64;
+    if (argc > 4) {
+        int in = open(argv[4], O_RDONLY);
+        if (in < 0 || (len = read(in, body, sizeof body)) < 0) { perror("body"); return 4; }
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
     strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
     if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("connect"); return 2; }
-    if (write(fd, req, strlen(req)) < 0) { perror("write"); return 3; }
+    n = snprintf(buf, sizeof buf, "%s %s HTTP/1.0\r\nHost: d\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zd\r\n\r\n", argv[2], argv[3], len);
+    if (write(fd, buf, n) < 0 || (len && write(fd, body, len) < 0)) { perror("write"); return 3; }
     while ((n = read(fd, buf, sizeof buf)) > 0) fwrite(buf, 1, n, stdout);
     return 0;
 }
 """
 
 
-def _ping_client(shared_dir: Path) -> Path:
+def _api_client(shared_dir: Path) -> Path:
     require(shutil.which("gcc") is not None, "gcc (with a static libc) is needed to build the socket client")
-    src, out = shared_dir / "ping.c", shared_dir / "ping"
-    src.write_text(PING_C)
+    src, out = shared_dir / "api.c", shared_dir / "api"
+    src.write_text(API_C)
     subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(src)], check=True, capture_output=True)
     out.chmod(0o755)
     return out
@@ -154,10 +166,10 @@ def _ping_client(shared_dir: Path) -> Path:
 
 def test_allowed_job_talks_to_the_engine(podman_ready: Worker, shared_dir: Path, work_root: Path,
                                          redis_url: str, status_key: str) -> None:
-    client = _ping_client(shared_dir)
+    client = _api_client(shared_dir)
     policy = _sharing_policy(shared_dir, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n')
-    job = make_job(f"./ping {podman_ready.socket}", job_type="job-SCIFLO_L3",
-                   container_mappings={str(client): "ping"})
+    job = make_job(f"./api {podman_ready.socket} GET /_ping", job_type="job-SCIFLO_L3",
+                   container_mappings={str(client): "api"})
     _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman",
                       SANDBOX_RUNNER_SHARING_POLICY=policy)
     jd = job_dir_of(docs)
@@ -166,7 +178,8 @@ def test_allowed_job_talks_to_the_engine(podman_ready: Worker, shared_dir: Path,
     assert reply.startswith("HTTP/1.0 200 OK") and "Libpod-Api-Version" in reply and reply.endswith("OK"), reply
     # the same client, a job type not allowed: the socket is not there to connect to
     redis_clear(redis_url, status_key)
-    job = make_job(f"./ping {podman_ready.socket}", job_type="job-other", container_mappings={str(client): "ping"})
+    job = make_job(f"./api {podman_ready.socket} GET /_ping", job_type="job-other",
+                   container_mappings={str(client): "api"})
     _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman",
                       SANDBOX_RUNNER_SHARING_POLICY=policy)
     jd = job_dir_of(docs)
@@ -246,3 +259,46 @@ def test_work_root_mounts_for_a_listed_type(podman_ready: Worker, shared_dir: Pa
     _, docs = run_job(podman_ready, make_job(f"cat {other}/_job.json"), shared_dir, work_root, redis_url,
                       status_key, "podman", SANDBOX_RUNNER_SHARING_POLICY=policy)
     assert terminal(docs)["status"] == "job-failed"
+
+
+#: what a PGE wrapper does with the socket: start its dependency image as a sibling on the job dir, wait for it
+SIBLING_SH = """set -e
+name=sr-test-sibling-$1
+printf 'BODY' "$2" "$name" "$PWD" "$PWD" "$PWD" "$PWD" > body.json
+./api SOCKET POST /v4.0.0/libpod/containers/create body.json | head -1
+./api SOCKET POST "/v4.0.0/libpod/containers/$name/start" | head -1
+./api SOCKET POST "/v4.0.0/libpod/containers/$name/wait" | tail -1
+./api SOCKET DELETE "/v4.0.0/libpod/containers/$name" | head -1
+"""
+#: the sibling's create body (a printf format: image, name, then the job dir four times)
+SIBLING_BODY = json.dumps({
+    "image": "%s", "name": "%s", "command": ["sh", "-c", "echo from-sibling > %s/sibling.txt"], "work_dir": "%s",
+    "mounts": [{"type": "bind", "source": "%s", "destination": "%s", "options": ["rbind", "rw"]}],
+    "netns": {"nsmode": "none"}, "userns": {"nsmode": "keep-id"}})
+
+
+def test_allowed_job_starts_a_sibling_container_on_its_job_dir(podman_ready: Worker, shared_dir: Path,
+                                                              work_root: Path, redis_url: str,
+                                                              status_key: str) -> None:
+    client = _api_client(shared_dir)
+    script = shared_dir / "sibling.sh"
+    script.write_text(SIBLING_SH.replace("SOCKET", podman_ready.socket).replace("BODY", SIBLING_BODY))
+    script.chmod(0o644)
+    policy = _sharing_policy(shared_dir, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n')
+    tag = uuid.uuid4().hex[:8]
+    job = make_job(f"sh sibling.sh {tag} {BUSYBOX}", job_type="job-SCIFLO_L3",
+                   container_mappings={str(client): "api", str(script): "sibling.sh"})
+    try:
+        _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman",
+                          SANDBOX_RUNNER_SHARING_POLICY=policy)
+    finally:  # never leave the sibling behind, whatever happened
+        podman_ready.run(["podman", "--remote", "--url", f"unix://{podman_ready.socket}", "rm", "-f",
+                          f"sr-test-sibling-{tag}"])
+    jd = job_dir_of(docs)
+    out = (jd / "_stdout.txt").read_text()
+    assert terminal(docs)["status"] == "job-completed", out + (jd / "_stderr.txt").read_text()
+    # created, started, exit code 0, removed
+    assert out.splitlines() == ["HTTP/1.0 201 Created", "HTTP/1.0 204 No Content", "0", "HTTP/1.0 200 OK"], out
+    # the sibling wrote into the job's dir: the same path on the host, in the job, and in the sibling
+    assert (jd / "sibling.txt").read_text() == "from-sibling\n"
+    assert (jd / "sibling.txt").stat().st_uid == podman_ready.uid
