@@ -246,3 +246,17 @@ def test_dependency_images_get_the_job_dir_and_worker_files_in_docker_params(tmp
     assert volumes == [[spec.workdir, f"{spec.workdir}:rw"],
                        [env["HYSDS_CELERY_CFG"], f"{spec.workdir}/celeryconfig.py:ro"],
                        [env["HYSDS_DATASETS_CFG"], f"{spec.workdir}/datasets.json:ro"]]
+
+
+def test_doctor_checks_the_worker_files_and_the_socket_grant(tmp_path: Path) -> None:
+    from sandbox_runner.doctor import check_sharing
+
+    env = _files(tmp_path)
+    base = {"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work")}
+    good = check_sharing(load_settings({**base, **env}).with_overrides(uid=1001))
+    assert good.ok and f"celeryconfig.py <- {env['HYSDS_CELERY_CFG']}" in good.detail
+    bad = check_sharing(load_settings({**base, **env, "HYSDS_CELERY_CFG": "/etc/hostname"}))
+    assert not bad.ok and bad.required and bad.detail.startswith("HYSDS_CELERY_CFG (/etc/hostname)")
+    policy = _policy(tmp_path, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n', "doctor.toml")
+    rootful = check_sharing(load_settings({**base, "SANDBOX_RUNNER_SHARING_POLICY": policy}).with_overrides(uid=0))
+    assert not rootful.ok and "engine socket for: job-SCIFLO_*" in rootful.detail and "rootless" in rootful.fix
