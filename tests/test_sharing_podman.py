@@ -106,18 +106,18 @@ def test_engine_socket_only_for_allowed_job_types(podman_ready: Worker, shared_d
                                                   redis_url: str, status_key: str) -> None:
     sock = podman_ready.socket
     probe = (f"sh -c 'if [ -e {sock} ]; then echo present; else echo absent; fi;"
-             f" [ -S {sock} ] && [ -w {sock} ] && echo usable; echo \"host=$CONTAINER_HOST\"'")
+             f" [ -S {sock} ] && [ -w {sock} ] && echo usable; echo \"host=$CONTAINER_HOST uid=$HOST_UID\"'")
     policy = _sharing_policy(shared_dir, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n')
     _, docs = run_job(podman_ready, make_job(probe, job_type="job-other"), shared_dir, work_root, redis_url,
                       status_key, "podman", SANDBOX_RUNNER_SHARING_POLICY=policy)
     assert terminal(docs)["status"] == "job-completed"
-    assert (job_dir_of(docs) / "_stdout.txt").read_text() == "absent\nhost=\n"
+    assert (job_dir_of(docs) / "_stdout.txt").read_text() == "absent\nhost= uid=\n"
     redis_clear(redis_url, status_key)
     _, docs = run_job(podman_ready, make_job(probe, job_type="job-SCIFLO_L3"), shared_dir, work_root, redis_url,
                       status_key, "podman", SANDBOX_RUNNER_SHARING_POLICY=policy)
     assert terminal(docs)["status"] == "job-completed", terminal(docs).get("error")
     jd = job_dir_of(docs)
-    assert (jd / "_stdout.txt").read_text() == f"present\nusable\nhost=unix://{sock}\n"
+    assert (jd / "_stdout.txt").read_text() == f"present\nusable\nhost=unix://{sock} uid={podman_ready.uid}\n"
     params = json.loads((jd / "_docker_params.json").read_text())
     (entry,) = params.values()
     assert entry["engine_socket"] == sock

@@ -9,6 +9,7 @@ docstring has the table).
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import struct
@@ -95,6 +96,11 @@ def build_create_body(
         mounts.append({"type": "bind", "source": spec.engine_socket, "destination": spec.engine_socket,
                        "options": ["bind", "rw"]})
         env.setdefault("CONTAINER_HOST", f"unix://{spec.engine_socket}")
+        # HySDS's own Podman engine class (a PGE wrapper inside the job uses it) builds the socket path from
+        # HOST_UID: /run/user/<HOST_UID>/podman/podman.sock
+        found = re.fullmatch(r"/run/user/(\d+)/podman/podman\.sock", spec.engine_socket)
+        if found:
+            env.setdefault("HOST_UID", found[1])
     host_uid, host_gid = host_ids if host_ids is not None else (os.getuid(), os.getgid())
     options, uid, gid, named = _user_option(spec)
     userns, user = userns_and_user(uid, gid, host_uid, host_gid)
