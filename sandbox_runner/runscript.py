@@ -32,8 +32,11 @@ def podman_argv(spec: ContainerSpec, socket_url: str | None = None) -> list[str]
     for m in spec.mounts:
         argv += ["-v", f"{m.host}:{m.container}:{m.mode}"]
     if spec.engine_socket is not None:  # given by the sharing policy
-        argv += ["-v", f"{spec.engine_socket}:{spec.engine_socket}", "--env",
-                 f"CONTAINER_HOST=unix://{spec.engine_socket}"]
+        from sandbox_runner.backends.podman_spec import engine_socket_env
+
+        argv += ["-v", f"{spec.engine_socket}:{spec.engine_socket}"]
+        for key, value in engine_socket_env(spec.engine_socket).items():
+            argv += ["--env", f"{key}={value}"]
     argv += ["-w", spec.workdir, str(spec.image), *spec.argv]
     return argv
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,11 @@ def test_engine_socket_is_out_by_default_and_in_for_allowed_types(tmp_path: Path
     body, _ = build_create_body(spec, labels={}, sockets=[sock], host_ids=(1001, 1001))
     assert {"type": "bind", "source": sock, "destination": sock, "options": ["bind", "rw"]} in body["mounts"]
     assert body["env"]["CONTAINER_HOST"] == f"unix://{sock}"
-    assert f"-v {sock}:{sock}" in render_run_script(spec, "podman").replace(" \\\n    ", " ")
+    run_sh = render_run_script(spec, "podman").replace(" \\\n    ", " ")
+    assert f"-v {sock}:{sock} --env CONTAINER_HOST=unix://{sock}" in run_sh
+    std = build_create_body(replace(spec, engine_socket="/run/user/1001/podman/podman.sock"), labels={},
+                            host_ids=(1001, 1001))[0]
+    assert std["env"] == {"CONTAINER_HOST": "unix:///run/user/1001/podman/podman.sock", "HOST_UID": "1001"}
 
 
 def test_engine_socket_is_refused_for_rootful(tmp_path: Path) -> None:
