@@ -16,6 +16,7 @@ from sandbox_runner.settings import Settings
 
 def dry_run_document(settings: Settings, spec: ContainerSpec) -> dict[str, Any]:
     from sandbox_runner.backends.podman import PodmanBackend
+    from sandbox_runner.backends.podman_gpus import cdi_spec_missing
     from sandbox_runner.runner import default_backend_for
 
     doc = spec.as_dict()
@@ -25,6 +26,9 @@ def dry_run_document(settings: Settings, spec: ContainerSpec) -> dict[str, Any]:
         body, notes = backend.create_body(spec)  # BackendError: the job would fail the same way
         doc["podman_create"] = body
         doc["ignored_options"] = notes
+        warning = cdi_spec_missing(body)
+        if warning is not None:
+            doc["warnings"] = [warning]
         if backend.rootful:  # the one part decided at create time: it depends on the running service
             doc["rootful_rlimits"] = "r_limits not set by the job get the rootful service's hard limits at create"
     return doc

@@ -220,6 +220,8 @@ def test_dry_run_document_is_the_backends_create_request(tmp_path: Path) -> None
     assert doc["podman_create"] == backend.create_body(spec)[0]
     assert doc["podman_create"]["devices"] == [{"path": "nvidia.com/gpu=all"}]
     assert doc["podman_create"]["netns"] == {"nsmode": "host"}
+    if not any(Path(d).exists() for d in ("/etc/cdi", "/var/run/cdi")):  # no GPUs on this kind of machine
+        assert doc["warnings"][0].startswith("no CDI spec in /etc/cdi or /var/run/cdi")
     with pytest.raises(BackendError, match="runtime option 'frobnicate'"):
         dry_run_document(settings, ContainerSpec(name="n", image="i", argv=("x",), workdir="/w",
                                                  runtime_options={"frobnicate": 1}))
@@ -265,3 +267,16 @@ def test_doctor_checks_the_worker_files_and_the_socket_grant(tmp_path: Path) -> 
     policy = _policy(tmp_path, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n', "doctor.toml")
     rootful = check_sharing(load_settings({**base, "SANDBOX_RUNNER_SHARING_POLICY": policy}).with_overrides(uid=0))
     assert not rootful.ok and "engine socket for: job-SCIFLO_*" in rootful.detail and "rootless" in rootful.fix
+
+
+def test_dry_run_warns_when_no_cdi_spec_declares_the_gpus(tmp_path: Path) -> None:
+    from sandbox_runner.backends.podman_gpus import cdi_spec_missing
+
+    body, _ = map_runtime_options({"gpus": "all"})
+    cdi = tmp_path / "cdi"
+    cdi.mkdir()
+    warning = cdi_spec_missing(body, [str(cdi), str(tmp_path / "absent")])
+    assert warning is not None and "declares nvidia.com/gpu: podman will refuse" in warning
+    (cdi / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: []\n")
+    assert cdi_spec_missing(body, [str(cdi)]) is None
+    assert cdi_spec_missing({}, [str(tmp_path / "absent")]) is None  # no gpus asked: nothing to say

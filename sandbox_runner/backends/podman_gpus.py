@@ -22,7 +22,8 @@ in :mod:`sandbox_runner.container`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sandbox_runner.errors import BackendError
@@ -71,3 +72,24 @@ def explain_cdi_failure(message: str, body: Mapping[str, Any]) -> str | None:
             f"the node has GPUs, but podman finds no CDI spec for them in {' or '.join(CDI_SPEC_DIRS)}: generate "
             "one (nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml), or set HYSDS_GPU_AVAILABLE=0 to run "
             "such jobs without GPUs as HySDS does")
+
+
+def cdi_spec_missing(body: Mapping[str, Any], spec_dirs: Iterable[str] = CDI_SPEC_DIRS) -> str | None:
+    """For ``--dry-run``: a warning when the body asks for GPUs and no CDI spec on this node declares
+    ``nvidia.com/gpu`` (podman would then refuse to start the job), else None. A local look, not podman's word."""
+    if (body.get("annotations") or {}).get("sandbox_runner.gpus") is None:
+        return None
+    dirs = list(spec_dirs)
+    for directory in dirs:
+        try:
+            files = sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        except OSError:
+            continue
+        for path in files:
+            try:
+                if CDI_KIND in path.read_text(errors="replace"):
+                    return None
+            except OSError:
+                continue
+    return (f"no CDI spec in {' or '.join(dirs)} declares {CDI_KIND}: podman will refuse to start this job "
+            "(runtime option gpus)")
