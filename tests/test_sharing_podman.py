@@ -80,7 +80,9 @@ def test_job_reads_celeryconfig_and_datasets_read_only(podman_ready: Worker, sha
 def test_celeryconfig_secret_reaches_no_triage_bundle(podman_ready: Worker, shared_dir: Path, work_root: Path,
                                                       redis_url: str, status_key: str) -> None:
     files = _worker_files(shared_dir)
-    job = make_job("sh -c 'grep -c broker_url celeryconfig.py; cp celeryconfig.py copy.txt; exit 3'")
+    # a careless job: it also prints the file to its stderr, which triage bundles (redacted)
+    job = make_job("sh -c 'grep -c broker_url celeryconfig.py; cp celeryconfig.py copy.txt; cat celeryconfig.py >&2;"
+                   " exit 3'")
     job["params"]["_triage_additional_globs"] = ["celeryconfig.py", "datasets.json"]
     _, docs = run_job(podman_ready, job, shared_dir, work_root, redis_url, status_key, "podman", **files)
     done = terminal(docs)
@@ -89,6 +91,8 @@ def test_celeryconfig_secret_reaches_no_triage_bundle(podman_ready: Worker, shar
     assert (jd / "_stdout.txt").read_text() == "1\n"  # it did read the file
     (bundle,) = (shared_dir / "pub").iterdir()
     assert (bundle / "celeryconfig.py").read_bytes() == b"" and (bundle / "_run.sh").exists()
+    assert SECRET in (jd / "_stderr.txt").read_text()  # the job's own output, in its own dir
+    assert "broker_url = \"amqp://ops:REDACTED@mozart//\"" in (bundle / "_stderr.txt").read_text()
     assert SECRET not in _everything(bundle)
     # the job's own copy is the job's doing, in its own dir; nothing the worker writes carries it
     assert SECRET in (jd / "copy.txt").read_text()
