@@ -71,7 +71,7 @@ def test_limits_of_one_group_merge() -> None:
     }
 
 
-@pytest.mark.parametrize("option", ["gpus", "rm", "detach", "d"])
+@pytest.mark.parametrize("option", ["rm", "detach", "d"])
 def test_ignored_options_leave_a_note(option: str) -> None:
     body, notes = map_runtime_options({option: "all"})
     assert body == {}

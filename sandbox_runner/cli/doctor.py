@@ -138,10 +138,36 @@ def check_redis(settings: Settings) -> Check:
         return Check("redis", False, f"{settings.redis_url}: {exc}", "start redis or fix SANDBOX_RUNNER_REDIS_URL")
 
 
+def check_sharing(settings: Settings) -> Check:
+    """The worker files every job gets (celeryconfig.py, datasets.json) pass the mount policy, and what the
+    sharing policy gives away: found here rather than as every job's job-failed."""
+    from sandbox_runner.errors import SandboxRunnerError
+    from sandbox_runner.policy.mounts import load_mount_policy
+    from sandbox_runner.policy.sharing import load_sharing_policy, worker_file_mounts
+
+    root = settings.work_root or settings.default_work_root
+    try:
+        sharing = load_sharing_policy(settings.sharing_policy)
+        policy = load_mount_policy(settings.mount_policy, env=settings.env, work_root=str(root))
+        files = worker_file_mounts(settings.celery_cfg, settings.datasets_cfg, (), job_dir=str(root / "jobs" / "x"),
+                                   policy=policy, env=settings.env)
+    except SandboxRunnerError as exc:
+        return Check("job files", False, str(exc),
+                     "move the file under an allowed prefix, or add its directory to allow in the mount policy")
+    given = ", ".join(f"{m.container.rsplit('/', 1)[1]} <- {m.host}" for m in files) or "none configured"
+    socket_types = ", ".join(sharing.engine_socket) or "no job type"
+    detail = f"in every job dir (ro): {given}; engine socket for: {socket_types} ({sharing.source})"
+    if sharing.engine_socket and settings.uid == 0:
+        return Check("job files", False, detail, "the engine socket is given only by rootless workers: jobs of "
+                     "those types fail here; run the worker as an unprivileged user", required=False)
+    return Check("job files", True, detail, required=False)
+
+
 def doctor(settings: Settings) -> int:
     checks: list[Callable[[], Check]] = [
         check_podman, check_runtime, check_subids, check_userns,
         lambda: check_socket(settings), check_bwrap, lambda: check_space(settings), lambda: check_redis(settings),
+        lambda: check_sharing(settings),
     ]
     results = [c() for c in checks]
     for r in results:

@@ -36,8 +36,10 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     sink = emitter.sink
     runner = JobRunner(settings, emitter)
     if args.dry_run:
+        from sandbox_runner.job.dryrun import dry_run_document
+
         spec = runner.plan(raw)
-        print(json.dumps(spec.as_dict(), indent=2))
+        print(json.dumps(dry_run_document(settings, spec), indent=2))
         return EXIT_OK
     outcome = runner.run(raw)
     emitter.close()

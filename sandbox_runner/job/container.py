@@ -5,7 +5,9 @@ This is where the HySDS job/work-config fields meet the backend contract. Contai
 ``container_image_url``; ``container_mappings`` / ``imported_worker_files`` become mounts, checked against the
 mount policy; ``runtime_options`` string values are ``$VAR``-expanded; ``gpus`` is dropped unless
 ``HYSDS_GPU_AVAILABLE`` says the node has them; the network is :mod:`sandbox_runner.policy.network`'s choice (the
-node's network unless the policy denies it). Unlike HySDS, the job gets *no* copy of the worker's environment.
+node's network unless the policy denies it); the worker's ``celeryconfig.py`` and ``datasets.json``, HySDS's
+work-root mounts and the engine socket are :mod:`sandbox_runner.policy.sharing`'s. Unlike HySDS, the job gets
+*no* copy of the worker's environment.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import pwd
 import re
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount
+from sandbox_runner.backends.podman.api import socket_path
+from sandbox_runner.backends.podman.service import default_socket_url
 from sandbox_runner.errors import JobFormatError
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.policy.mounts import MountPolicy, load_mount_policy, resolve_mounts
 from sandbox_runner.policy.network import choose_network, load_network_policy
+from sandbox_runner.policy.sharing import engine_socket_for, load_sharing_policy, work_root_mounts, worker_file_mounts
 
 LABEL_PREFIX = "sandbox_runner"
 
@@ -47,8 +53,12 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
-def _runtime_options(opts: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    if "gpus" in opts and env.get("HYSDS_GPU_AVAILABLE", "0") in ("", "0"):
+GPUS_DROPPED = "dropped: HYSDS_GPU_AVAILABLE is unset or 0 on this worker (HySDS skips 'gpus' the same way)"
+
+
+def _runtime_options(opts: dict[str, Any], env: Mapping[str, str], gpu_available: int = 0) -> dict[str, Any]:
+    # HySDS: a job asking for GPUs on a node without them runs without (a warning); gpus is mapped by the backend
+    if "gpus" in opts and not gpu_available:
         opts.pop("gpus")
     return {k: (expand(v, env) if isinstance(v, str) else v) for k, v in opts.items()}
 
@@ -89,7 +99,8 @@ def _dependency_entries(ctx: JobContext) -> list[dict[str, Any]]:
     return found
 
 
-def _dependencies(ctx: JobContext, job_dir: str, policy: MountPolicy) -> tuple[DependencyImage, ...]:
+def _dependencies(ctx: JobContext, job_dir: str, policy: MountPolicy,
+                  shared: tuple[Mount, ...] = ()) -> tuple[DependencyImage, ...]:
     env = ctx.settings.env
     deps = []
     for i, entry in enumerate(_dependency_entries(ctx)):
@@ -104,11 +115,16 @@ def _dependencies(ctx: JobContext, job_dir: str, policy: MountPolicy) -> tuple[D
         mappings, options = entry.get("container_mappings") or {}, entry.get("runtime_options") or {}
         if not isinstance(mappings, dict) or not isinstance(options, dict):
             raise JobFormatError("container_mappings and runtime_options must be objects", field=where)
+        own = resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)
+        # HySDS's create_container_params gives a dependency image the same worker files and work-root mounts;
+        # and the job dir, read-write, as HySDS's <root>/jobs mount does: a PGE started through the engine socket
+        # with these volumes (OPERA's wrapper passes them whole) must find its inputs and write its outputs there
+        own = (Mount(job_dir, job_dir, "rw"), *own, *_not_mapped(shared, own))
         deps.append(DependencyImage(
             image=name.strip(),
             image_url=expand(url, env) if url else None,
-            mounts=tuple(resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)),
-            runtime_options=_runtime_options(dict(options), env),
+            mounts=own,
+            runtime_options=_runtime_options(dict(options), env, ctx.settings.gpu_available),
         ))
     return tuple(deps)
 
@@ -152,7 +168,20 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
     if policy is None:
         policy = load_mount_policy(settings.mount_policy, env=env, work_root=work_root)
     mounts: tuple[Mount, ...] = resolve_mounts(mappings, job_dir=job_dir, policy=policy, env=env)
-    runtime = _runtime_options(options, env)
+    job_type = str(ctx.job.get("type") or "")
+    sharing = load_sharing_policy(settings.sharing_policy)
+    files = worker_file_mounts(settings.celery_cfg, settings.datasets_cfg, mounts, job_dir=job_dir, policy=policy,
+                               env=env)
+    root_mounts, root_why = work_root_mounts(job_type, sharing, work_root=ctx.work_root or Path(work_root),
+                                             cache_dir=settings.cache_dir or Path(work_root) / "cache",
+                                             job_dir=job_dir, policy=policy, env=env)
+    shared = (*files, *root_mounts)
+    mounts = (*mounts, *_not_mapped(shared, mounts))
+    socket, socket_why = engine_socket_for(
+        job_type, sharing, socket=socket_path(default_socket_url(env, settings.uid, settings.podman_socket)),
+        worker_uid=settings.uid)
+    gpus_asked = "gpus" in options
+    runtime = _runtime_options(options, env, settings.gpu_available)
     asked = runtime.pop("network", runtime.pop("net", None))
     network, network_why = choose_network(str(ctx.job.get("type") or ""), None if asked is None else str(asked),
                                           load_network_policy(settings.network_policy))
@@ -164,7 +193,12 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
         f"{LABEL_PREFIX}.job_dir": job_dir,
         # why this network: shown by --dry-run and on the container (podman inspect)
         f"{LABEL_PREFIX}.network": f"{network}: {network_why}",
+        # why the engine socket and the work-root mounts are (not) given: the same for --dry-run
+        f"{LABEL_PREFIX}.engine_socket": f"{socket or 'none'}: {socket_why}",
+        f"{LABEL_PREFIX}.work_root": f"{'mounted' if root_mounts else 'none'}: {root_why}",
     }
+    if gpus_asked and "gpus" not in runtime:
+        labels[f"{LABEL_PREFIX}.gpus"] = GPUS_DROPPED
     return ContainerSpec(
         name=container_name(str(ctx.job.get("job_id"))),
         image=image,
@@ -179,5 +213,12 @@ def build_spec(ctx: JobContext, job_dir: str, policy: MountPolicy | None = None)
         labels=labels,
         runtime_options=runtime,
         stop_grace=settings.stop_grace,
-        dependencies=_dependencies(ctx, job_dir, policy),
+        dependencies=_dependencies(ctx, job_dir, policy, shared),
+        engine_socket=socket,
     )
+
+
+def _not_mapped(shared: tuple[Mount, ...], own: tuple[Mount, ...]) -> tuple[Mount, ...]:
+    """The shared mounts whose target the job's own mappings do not already take (the job's mapping wins)."""
+    taken = {m.container for m in own}
+    return tuple(m for m in shared if m.container not in taken)

@@ -24,12 +24,31 @@ def podman_argv(spec: ContainerSpec, socket_url: str | None = None) -> list[str]
     for key, value in spec.env.items():
         argv += ["--env", f"{key}={value}"]
     for opt, value in spec.runtime_options.items():
+        if opt == "gpus":  # podman 4 has no --gpus: the CDI devices the backend asks for instead
+            argv += [f"--device={name}" for name in _gpu_names(value)]
+            continue
         argv += [f"--{opt}" if value is True else f"--{opt}={value}"]
     argv += ["-v", f"{spec.workdir}:{spec.workdir}:rw"]
     for m in spec.mounts:
         argv += ["-v", f"{m.host}:{m.container}:{m.mode}"]
+    if spec.engine_socket is not None:  # given by the sharing policy
+        from sandbox_runner.backends.podman.spec import engine_socket_env
+
+        argv += ["-v", f"{spec.engine_socket}:{spec.engine_socket}"]
+        for key, value in engine_socket_env(spec.engine_socket).items():
+            argv += ["--env", f"{key}={value}"]
     argv += ["-w", spec.workdir, str(spec.image), *spec.argv]
     return argv
+
+
+def _gpu_names(value: object) -> list[str]:
+    from sandbox_runner.backends.podman.gpus import gpu_devices
+    from sandbox_runner.errors import BackendError
+
+    try:
+        return gpu_devices("gpus", value)
+    except BackendError:
+        return [f"<gpus={value} cannot be mapped>"]
 
 
 def subprocess_argv(spec: ContainerSpec) -> list[str]:

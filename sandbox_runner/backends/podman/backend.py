@@ -39,6 +39,7 @@ import structlog
 from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
 from sandbox_runner.backends.podman.api import APIError, PodmanAPI, ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman.follow import Follower
+from sandbox_runner.backends.podman.gpus import explain_cdi_failure
 from sandbox_runner.backends.podman.images import ensure_image
 from sandbox_runner.backends.podman.service import default_socket_url, start_service
 from sandbox_runner.backends.podman.spec import build_create_body, fit_rootful_rlimits, service_rlimits
@@ -62,6 +63,7 @@ def _limits_unenforced() -> bool:
     return os.getuid() != 0 and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
 
+TUN = "/dev/net/tun"
 KEEPID_RACE = "keep-id requires additional UIDs or GIDs"
 _CREATE_THREADS = threading.Lock()
 START_FAILED = "container engine could not start the job: "
@@ -120,12 +122,33 @@ class PodmanBackend:
         self.rootful = os.getuid() == 0
 
     # --- the contract -------------------------------------------------------------------------------------------
-    def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
+    def create_body(self, spec: ContainerSpec) -> tuple[dict[str, Any], list[str]]:
+        """The create request this backend sends for ``spec`` (``--dry-run`` prints it), and notes on options it
+        ignores; BackendError naming the option for what it cannot honour."""
         labels = dict(spec.labels)
         if self.worker:
             labels.setdefault(WORKER_LABEL, self.worker)
         sock = socket_path(self.socket_url)
-        body, notes = build_create_body(spec, labels=labels, sockets=[sock] if sock else [])
+        if spec.engine_socket is not None and self.rootful:
+            raise BackendError("the engine socket is given to jobs only by a rootless worker: this one runs rootful "
+                               "podman, whose socket would make the job root on the host")
+        if spec.network == "bridge" and not self.rootful and not os.access(TUN, os.R_OK | os.W_OK):
+            raise BackendError(f"network 'bridge' cannot be honoured: rootless podman's bridge needs {TUN}, which "
+                               "this worker cannot use; ask for 'host' or 'none', or leave the network unset")
+        return build_create_body(spec, labels=labels, sockets=[sock] if sock else [])
+
+    def run(self, spec: ContainerSpec, io: JobIO) -> RunResult:
+        body, notes = self.create_body(spec)
+        try:
+            return self._run_body(spec, io, body, notes)
+        except BackendError as exc:
+            # the engine's "unresolvable CDI devices" becomes a failure naming the gpus option and the fix
+            explained = explain_cdi_failure(str(exc), body)
+            if explained is None:
+                raise
+            raise BackendError(explained) from None
+
+    def _run_body(self, spec: ContainerSpec, io: JobIO, body: dict[str, Any], notes: list[str]) -> RunResult:
         for note in notes:
             log.info("runtime-option-ignored", container=spec.name, note=note)
         if "resource_limits" in body and _limits_unenforced():

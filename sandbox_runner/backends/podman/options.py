@@ -30,7 +30,7 @@ user (u)                   "uid[:gid]": mapped like spec.uid/gid, which it overr
 group_add                  "video" or a list                                            groups
 stop_signal                "SIGTERM", "TERM", 15                                        stop_signal
 device (devices)           "/dev/fuse" or a list                                        devices
-gpus                       ignored, logged (podman 4 has no --gpus: use ``device``)     -
+gpus                       "all", a count, "device=0,2" (see :mod:`.podman_gpus`)       devices (CDI nvidia.com/gpu)
 rm, detach (d)             ignored, logged (always detached, always removed)            -
 privileged, userns,        refused with the reason (they would undo keep-id, the mount  -
 volume (v), mount, pid,    policy or the job-dir contract)
@@ -47,6 +47,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sandbox_runner.backends.podman.gpus import add_gpus
 from sandbox_runner.errors import BackendError, SandboxRunnerError
 from sandbox_runner.units import parse_size
 
@@ -220,9 +221,9 @@ _HANDLERS: dict[str, _Handler] = {
     "group_add": lambda o, v, b: b.setdefault("groups", []).extend(_list(v)),
     "stop_signal": _stop_signal,
     "device": lambda o, v, b: b.setdefault("devices", []).extend({"path": d} for d in _list(v)),
+    "gpus": add_gpus,
 }
 _IGNORED = {
-    "gpus": "podman 4 has no --gpus; expose GPUs with the 'device' option (CDI names such as nvidia.com/gpu=all)",
     "rm": "containers are always removed after the job",
     "detach": "the backend always runs the container detached",
 }

@@ -9,6 +9,7 @@ docstring has the table).
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import struct
@@ -20,7 +21,8 @@ from sandbox_runner.backends.base import ContainerSpec
 from sandbox_runner.backends.podman.options import Body, map_runtime_options, normalize_key, set_network
 from sandbox_runner.errors import BackendError
 
-__all__ = ["ENGINE_SOCKET_NAMES", "build_create_body", "refuse_engine_socket", "userns_and_user"]
+__all__ = ["ENGINE_SOCKET_NAMES", "build_create_body", "engine_socket_env", "refuse_engine_socket",
+           "userns_and_user"]
 
 ENGINE_SOCKET_NAMES = frozenset({"podman.sock", "docker.sock", "containerd.sock"})
 
@@ -34,6 +36,16 @@ def refuse_engine_socket(host_path: str, sockets: Iterable[str]) -> None:
         sock_real = os.path.realpath(sock)
         if sock_real == real or sock_real.startswith(real.rstrip("/") + "/"):
             raise BackendError(f"refusing to mount {host_path}: it exposes the podman service socket {sock}")
+
+
+def engine_socket_env(sock: str) -> dict[str, str]:
+    """What tells a job's engine client where the socket is: ``CONTAINER_HOST`` (podman's), and ``HOST_UID``
+    for the standard path, from which HySDS's own Podman engine class (a PGE wrapper uses it) builds it."""
+    env = {"CONTAINER_HOST": f"unix://{sock}"}
+    found = re.fullmatch(r"/run/user/(\d+)/podman/podman\.sock", sock)
+    if found:
+        env["HOST_UID"] = found[1]
+    return env
 
 
 def userns_and_user(
@@ -88,6 +100,14 @@ def build_create_body(
     # the job dir last: a mount of its parent (HySDS mounts <root>/jobs) must not hide it
     refuse_engine_socket(spec.workdir, sockets)
     mounts.append({"type": "bind", "source": spec.workdir, "destination": spec.workdir, "options": ["rbind", "rw"]})
+    env = dict(spec.env)
+    if spec.engine_socket is not None:
+        # given on purpose by the sharing policy (never from container_mappings): at its own path, as HySDS
+        # mounts it, and named in CONTAINER_HOST so ``podman --remote`` inside finds it
+        mounts.append({"type": "bind", "source": spec.engine_socket, "destination": spec.engine_socket,
+                       "options": ["bind", "rw"]})
+        for key, value in engine_socket_env(spec.engine_socket).items():
+            env.setdefault(key, value)
     host_uid, host_gid = host_ids if host_ids is not None else (os.getuid(), os.getgid())
     options, uid, gid, named = _user_option(spec)
     userns, user = userns_and_user(uid, gid, host_uid, host_gid)
@@ -96,7 +116,7 @@ def build_create_body(
         "name": spec.name,
         "command": list(spec.argv),
         "work_dir": spec.workdir,
-        "env": dict(spec.env),
+        "env": env,
         "labels": dict(labels),
         "mounts": mounts,
         "init": True,  # like HySDS's ``--init``: signals reach the job, zombies are reaped

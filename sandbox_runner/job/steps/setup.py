@@ -14,6 +14,7 @@ from sandbox_runner.job.runscript import render_run_script
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.job.workdir import WorkDir
 from sandbox_runner.policy.mounts import MountPolicy, load_mount_policy
+from sandbox_runner.policy.sharing import prepare_mountpoints
 
 
 def context_document(ctx: JobContext) -> dict[str, object]:
@@ -107,6 +108,7 @@ class BuildContainer:
             self._policies[root] = load_mount_policy(ctx.settings.mount_policy, env=ctx.settings.env,
                                                      work_root=root)
         ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
+        prepare_mountpoints(spec.workdir, spec.mounts)
         ctx.backend = self.backend_for(ctx.settings, spec)
         backend_name = ctx.backend.name
         wd.write_json("_docker_params.json", docker_params(spec))
