@@ -75,6 +75,15 @@ class Settings:
     pilot_grace: float = 120.0
     #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
     user_rules_queue: str = "user_rules_job"
+    #: the worker serves ``<work root>/jobs`` read-only over HTTP on this port (HySDS's ``WEBDAV_PORT``) and
+    #: ``job_url`` points there; None = serve nothing (``job_url`` stays ``file://``); 0 = any free port.
+    #: ``job_url_host`` is the host put in the URL (None = the node's address, HySDS's ``public_ip``);
+    #: ``job_url_bind`` the address listened on. ``job_url_base`` is set by the worker once it serves, never
+    #: from the environment: a stand-alone run serves nothing and must not advertise a URL.
+    job_url_port: int | None = None
+    job_url_host: str | None = None
+    job_url_bind: str = "0.0.0.0"
+    job_url_base: str | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -138,6 +147,9 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
+    "SANDBOX_RUNNER_JOB_URL_PORT": "job_url_port",
+    "SANDBOX_RUNNER_JOB_URL_HOST": "job_url_host",
+    "SANDBOX_RUNNER_JOB_URL_BIND": "job_url_bind",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -178,6 +190,9 @@ def _checked(settings: Settings) -> Settings:
                           field="worker")
     if settings.progress not in ("auto", "always", "never"):
         raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
+    if settings.job_url_port is not None and not 0 <= settings.job_url_port <= 65535:
+        raise ConfigError(f"{settings.job_url_port} is not a TCP port (0-65535; 0 = any free one)",
+                          field="job_url_port")
     return settings
 
 

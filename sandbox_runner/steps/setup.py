@@ -13,6 +13,7 @@ from sandbox_runner.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.runscript import render_run_script
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.workdir import WorkDir
+from sandbox_runner.worker.jobhttp import job_url
 
 
 def context_document(ctx: JobContext) -> dict[str, object]:
@@ -65,7 +66,7 @@ class CreateWorkDir:
             "facts": dict(facts),
             "execute_node": facts["hysds_execute_node"],
             "public_ip": facts["hysds_public_ip"],
-            "job_url": f"file://{wd.path}",
+            "job_url": job_url(ctx.settings, wd.path),  # http:// when the worker serves the jobs tree
             "context_file": str(wd.file("_context.json")),
             "datasets_cfg_file": str(ctx.settings.datasets_cfg) if ctx.settings.datasets_cfg else None,
             "time_start": iso_now(),

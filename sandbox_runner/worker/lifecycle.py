@@ -27,6 +27,7 @@ from sandbox_runner.errors import ConfigError
 from sandbox_runner.events import Emitter
 from sandbox_runner.hpc.walltime import ask_slurm
 from sandbox_runner.settings import Settings
+from sandbox_runner.worker.jobhttp import JobHTTPServer, start_job_server
 from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
 from sandbox_runner.worker.reconcile import reconcile
@@ -37,6 +38,7 @@ log = structlog.get_logger("sandbox_runner.worker")
 
 _service: WorkerService | None = None
 _heart: Heart | None = None
+_job_http: JobHTTPServer | None = None
 
 
 def current_service() -> WorkerService:
@@ -125,11 +127,14 @@ def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
 
 
 def boot(base: Settings, w: Any) -> WorkerService:
-    global _service, _heart
+    global _service, _heart, _job_http
     name = str(w.hostname)
     settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
     if not hold_name(name, settings.node_root / "workers"):
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
+    _job_http = start_job_server(settings)  # job_url over HTTP, as HySDS's WebDAV (None: not configured)
+    if _job_http is not None:
+        settings = settings.with_overrides(job_url_base=_job_http.base_url)
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
     emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
@@ -161,8 +166,11 @@ def boot(base: Settings, w: Any) -> WorkerService:
 
 def shutdown(**_: Any) -> None:
     """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
-    global _service, _heart
+    global _service, _heart, _job_http
     heart, service, _heart, _service = _heart, _service, None, None
+    if _job_http is not None:
+        _job_http.stop()
+        _job_http = None
     if heart is None or service is None:
         return
     heart.stop()
