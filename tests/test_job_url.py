@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 from celery_helpers import client, free_port, job_docs
-from conftest import make_job
+from conftest import make_job, read_status_list
 
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.errors import ConfigError
 from sandbox_runner.events import Emitter
+from sandbox_runner.hostfacts import host_facts
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
 from sandbox_runner.worker.jobhttp import JobHTTPServer, job_url
@@ -97,6 +98,20 @@ def test_read_only(served: Any, method: str) -> None:
     assert not (job / "new.txt").exists()
 
 
+def test_workers_sharing_a_work_root_share_the_port(served: Any) -> None:
+    """One worker per queue on a node, one work root: the second binds the same port (SO_REUSEPORT) and the URL
+    keeps working when the first stops."""
+    first, _ = served
+    second = JobHTTPServer(first.root, "127.0.0.1", first.port, None)
+    try:
+        # no host given: the node's address, as HySDS's public_ip
+        assert second.base_url == f"http://{host_facts()['hysds_public_ip'] or host_facts()['fqdn']}:{first.port}"
+        first.stop()
+        assert request(first.port, "GET", "/jobs/2026/01/02/03/04/job-1/_stdout.txt") == (200, b"hello\n")
+    finally:
+        second.stop()
+
+
 def test_a_port_in_use_is_a_readable_config_error(tmp_path: Path) -> None:
     import socket
 
@@ -150,6 +165,9 @@ def test_worker_serves_job_url_of_a_real_job(start_worker, rabbit_url: str, redi
     assert result["job_url"] == url
     started = next(d for d in docs if d["status"] == "job-started")
     assert started["job"]["job_info"]["job_url"] == url
+    info = [d for d in read_status_list(redis_url, status_key)
+            if d.get("type") == "job_info" and d["job"]["task_id"] == job["task_id"]]
+    assert [d["job"]["job_info"]["job_url"] for d in info] == [url]
     with urllib.request.urlopen(url + "/_stdout.txt", timeout=10) as resp:
         assert resp.read() == b"served over http\n"
     with urllib.request.urlopen(url + "/", timeout=10) as resp:

@@ -120,6 +120,9 @@ class JobHTTPServer:
         log.info("job-http-serving", root=str(jobs), bind=bind, port=self.port, base_url=self.base_url)
 
     def stop(self) -> None:
+        """Stop serving and close the socket; a second call does nothing."""
+        if not self._thread.is_alive():
+            return
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
