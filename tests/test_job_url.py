@@ -178,7 +178,22 @@ def test_worker_serves_job_url_of_a_real_job(start_worker, rabbit_url: str, redi
     assert Path(job_dir, "_stdout.txt").exists()
     # stopped with the worker
     w.signal(signal.SIGTERM)
-    w.wait(timeout=60)
+    assert w.wait(timeout=60) == 0  # a clean stop
     with pytest.raises(OSError):
         request(port, "GET", path)
     assert os.path.isdir(job_dir)
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_a_worker_whose_port_is_taken_does_not_start(start_worker, rabbit_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:  # another program on the port (no SO_REUSEPORT: not one of our workers)
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        w = start_worker(rabbit_url, wait=False, SANDBOX_RUNNER_JOB_URL_PORT=str(port))
+        assert w.wait(timeout=60) == 1, w.text()  # a failed start is a failure to a supervisor
+    assert f"job_url_port: cannot serve the jobs tree on 0.0.0.0:{port}: Address already in use" in w.text()
+    assert " ready." not in w.text()

@@ -115,7 +115,7 @@ class JobHTTPServer:
         if ":" in advertised and not advertised.startswith("["):
             advertised = f"[{advertised}]"  # an IPv6 literal
         self.base_url = f"http://{advertised}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="job-http", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="job-http", daemon=True)
         self._thread.start()
         log.info("job-http-serving", root=str(jobs), bind=bind, port=self.port, base_url=self.base_url)
 
