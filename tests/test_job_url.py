@@ -26,7 +26,8 @@ from sandbox_runner.events import Emitter
 from sandbox_runner.hostfacts import host_facts
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
-from sandbox_runner.worker.jobhttp import JobHTTPServer, job_url
+from sandbox_runner.worker.jobhttp import JobHTTPServer
+from sandbox_runner.worker.joburl import job_url
 
 pytest_plugins = ["celery_fixtures"]  # rabbit_url, start_worker
 

@@ -13,7 +13,7 @@ from sandbox_runner.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.runscript import render_run_script
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.workdir import WorkDir
-from sandbox_runner.worker.jobhttp import job_url
+from sandbox_runner.worker.joburl import job_url
 
 
 def context_document(ctx: JobContext) -> dict[str, object]:

@@ -133,17 +133,3 @@ def start_job_server(settings: Settings) -> JobHTTPServer | None:
     if settings.job_url_port is None:
         return None
     return JobHTTPServer(settings.node_root, settings.job_url_bind, settings.job_url_port, settings.job_url_host)
-
-
-def job_url(settings: Settings, job_dir: Path) -> str:
-    """HySDS's ``job_url`` for ``job_dir``: ``<base>/jobs/YYYY/MM/DD/HH/MI/<job_id>`` when this worker serves the
-    tree the dir is in, else ``file://<job_dir>`` (stand-alone runs, or a job whose root is not the served one)."""
-    base = settings.job_url_base
-    if base:
-        try:
-            rel = job_dir.relative_to(settings.node_root / "jobs")
-        except ValueError:
-            rel = None
-        if rel is not None:
-            return f"{base.rstrip('/')}/jobs/{urllib.parse.quote(rel.as_posix())}"
-    return f"file://{job_dir}"
