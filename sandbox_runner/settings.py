@@ -32,6 +32,15 @@ class Settings:
     status_key: str = "logstash"
     job_info_key: str = "logstash"
     status_expires: int = 86400
+    #: the worker serves ``<work root>/jobs`` read-only over HTTP on this port (HySDS's ``WEBDAV_PORT``) and
+    #: ``job_url`` points there; None = serve nothing (``job_url`` stays ``file://``); 0 = any free port.
+    #: ``job_url_host`` is the host put in the URL (None = the node's address, HySDS's ``public_ip``);
+    #: ``job_url_bind`` the address listened on. ``job_url_base`` is set by the worker once it serves, never
+    #: from the environment: a stand-alone run serves nothing and must not advertise a URL.
+    job_url_port: int | None = None
+    job_url_host: str | None = None
+    job_url_bind: str = "0.0.0.0"
+    job_url_base: str | None = None
     podman_socket: str | None = None
     worker_cfg: Path | None = None
     datasets_cfg: Path | None = None
@@ -75,15 +84,6 @@ class Settings:
     pilot_grace: float = 120.0
     #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
     user_rules_queue: str = "user_rules_job"
-    #: the worker serves ``<work root>/jobs`` read-only over HTTP on this port (HySDS's ``WEBDAV_PORT``) and
-    #: ``job_url`` points there; None = serve nothing (``job_url`` stays ``file://``); 0 = any free port.
-    #: ``job_url_host`` is the host put in the URL (None = the node's address, HySDS's ``public_ip``);
-    #: ``job_url_bind`` the address listened on. ``job_url_base`` is set by the worker once it serves, never
-    #: from the environment: a stand-alone run serves nothing and must not advertise a URL.
-    job_url_port: int | None = None
-    job_url_host: str | None = None
-    job_url_bind: str = "0.0.0.0"
-    job_url_base: str | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -121,6 +121,9 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_STATUS_KEY": "status_key",
     "SANDBOX_RUNNER_JOB_INFO_KEY": "job_info_key",
     "SANDBOX_RUNNER_STATUS_EXPIRES": "status_expires",
+    "SANDBOX_RUNNER_JOB_URL_PORT": "job_url_port",
+    "SANDBOX_RUNNER_JOB_URL_HOST": "job_url_host",
+    "SANDBOX_RUNNER_JOB_URL_BIND": "job_url_bind",
     "SANDBOX_RUNNER_PODMAN_SOCKET": "podman_socket",
     "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
     "SANDBOX_RUNNER_POLICY": "fs_policy",
@@ -147,9 +150,6 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
-    "SANDBOX_RUNNER_JOB_URL_PORT": "job_url_port",
-    "SANDBOX_RUNNER_JOB_URL_HOST": "job_url_host",
-    "SANDBOX_RUNNER_JOB_URL_BIND": "job_url_bind",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -176,6 +176,9 @@ def _checked(settings: Settings) -> Settings:
     if settings.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {settings.backend!r} (choose from {', '.join(BACKENDS)})",
                           field="backend")
+    if settings.job_url_port is not None and not 0 <= settings.job_url_port <= 65535:
+        raise ConfigError(f"{settings.job_url_port} is not a TCP port (0-65535; 0 = any free one)",
+                          field="job_url_port")
     if settings.min_free_percent is not None and not 0 <= settings.min_free_percent < 100:
         raise ConfigError(f"{settings.min_free_percent} is not a percentage in [0, 100)",
                           field="min_free_percent")
@@ -190,9 +193,6 @@ def _checked(settings: Settings) -> Settings:
                           field="worker")
     if settings.progress not in ("auto", "always", "never"):
         raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
-    if settings.job_url_port is not None and not 0 <= settings.job_url_port <= 65535:
-        raise ConfigError(f"{settings.job_url_port} is not a TCP port (0-65535; 0 = any free one)",
-                          field="job_url_port")
     return settings
 
 

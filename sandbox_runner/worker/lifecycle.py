@@ -38,13 +38,29 @@ log = structlog.get_logger("sandbox_runner.worker")
 
 _service: WorkerService | None = None
 _heart: Heart | None = None
-_job_http: JobHTTPServer | None = None
 
 
 def current_service() -> WorkerService:
     if _service is None:
         raise RuntimeError("no worker service: the task ran outside a sandbox_runner worker")
     return _service
+
+
+_job_http: JobHTTPServer | None = None
+
+
+def _serve_jobs(settings: Settings) -> Settings:
+    """Start serving the jobs tree when configured; the settings then carry the base URL job URLs start with."""
+    global _job_http
+    _job_http = start_job_server(settings)
+    return settings if _job_http is None else settings.with_overrides(job_url_base=_job_http.base_url)
+
+
+def _stop_serving_jobs() -> None:
+    global _job_http
+    server, _job_http = _job_http, None
+    if server is not None:
+        server.stop()
 
 
 def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None) -> dict[str, Any]:
@@ -127,14 +143,12 @@ def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
 
 
 def boot(base: Settings, w: Any) -> WorkerService:
-    global _service, _heart, _job_http
+    global _service, _heart
     name = str(w.hostname)
     settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
     if not hold_name(name, settings.node_root / "workers"):
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
-    _job_http = start_job_server(settings)  # job_url over HTTP, as HySDS's WebDAV (None: not configured)
-    if _job_http is not None:
-        settings = settings.with_overrides(job_url_base=_job_http.base_url)
+    settings = _serve_jobs(settings)  # job_url over HTTP, as HySDS's WebDAV, when job_url_port is set
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
     emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
@@ -166,11 +180,9 @@ def boot(base: Settings, w: Any) -> WorkerService:
 
 def shutdown(**_: Any) -> None:
     """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
-    global _service, _heart, _job_http
+    global _service, _heart
     heart, service, _heart, _service = _heart, _service, None, None
-    if _job_http is not None:
-        _job_http.stop()
-        _job_http = None
+    _stop_serving_jobs()
     if heart is None or service is None:
         return
     heart.stop()
