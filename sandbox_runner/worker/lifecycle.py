@@ -46,23 +46,6 @@ def current_service() -> WorkerService:
     return _service
 
 
-_job_http: JobHTTPServer | None = None
-
-
-def _serve_jobs(settings: Settings) -> Settings:
-    """Start serving the jobs tree when configured; the settings then carry the base URL job URLs start with."""
-    global _job_http
-    _job_http = start_job_server(settings)
-    return settings if _job_http is None else settings.with_overrides(job_url_base=_job_http.base_url)
-
-
-def _stop_serving_jobs() -> None:
-    global _job_http
-    server, _job_http = _job_http, None
-    if server is not None:
-        server.stop()
-
-
 def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None) -> dict[str, Any]:
     """The fields Celery's own Heart puts in worker events (celery/worker/heartbeat.py), plus ours."""
     from celery.utils.sysinfo import load_average
@@ -125,6 +108,23 @@ def _handler(service: WorkerService, sig: int, previous: Any, warm: Any) -> Call
             os.kill(os.getpid(), sig)
 
     return handle
+
+
+_job_http: JobHTTPServer | None = None
+
+
+def _serve_jobs(settings: Settings) -> Settings:
+    """Start serving the jobs tree when configured; the settings then carry the base URL job URLs start with."""
+    global _job_http
+    _job_http = start_job_server(settings)
+    return settings if _job_http is None else settings.with_overrides(job_url_base=_job_http.base_url)
+
+
+def _stop_serving_jobs() -> None:
+    global _job_http
+    server, _job_http = _job_http, None
+    if server is not None:
+        server.stop()
 
 
 def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
