@@ -77,8 +77,16 @@ class _ReadOnlyJobs(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # refusals only: a browsing session must not fill the worker's log (a plain `celery -A` worker does not
+        # configure structlog, so even debug lines print there)
+        if isinstance(code, HTTPStatus):
+            code = code.value
+        if isinstance(code, int) and code >= 400:
+            log.debug("job-http-refused", client=self.client_address[0], request=self.requestline, status=code)
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("job-http", client=self.client_address[0], request=format % args)
+        pass  # the stdlib writes these to stderr; every refusal it describes also goes through log_request
 
 
 for _method in _REFUSED:
