@@ -33,6 +33,15 @@ class Settings:
     status_key: str = "logstash"
     job_info_key: str = "logstash"
     status_expires: int = 86400
+    #: the worker serves ``<work root>/jobs`` read-only over HTTP on this port (HySDS's ``WEBDAV_PORT``) and
+    #: ``job_url`` points there; None = serve nothing (``job_url`` stays ``file://``); 0 = any free port.
+    #: ``job_url_host`` is the host put in the URL (None = the node's address, HySDS's ``public_ip``);
+    #: ``job_url_bind`` the address listened on. ``job_url_base`` is set by the worker once it serves, never
+    #: from the environment: a stand-alone run serves nothing and must not advertise a URL.
+    job_url_port: int | None = None
+    job_url_host: str | None = None
+    job_url_bind: str = "0.0.0.0"
+    job_url_base: str | None = None
     podman_socket: str | None = None
     worker_cfg: Path | None = None
     datasets_cfg: Path | None = None
@@ -125,6 +134,9 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_STATUS_KEY": "status_key",
     "SANDBOX_RUNNER_JOB_INFO_KEY": "job_info_key",
     "SANDBOX_RUNNER_STATUS_EXPIRES": "status_expires",
+    "SANDBOX_RUNNER_JOB_URL_PORT": "job_url_port",
+    "SANDBOX_RUNNER_JOB_URL_HOST": "job_url_host",
+    "SANDBOX_RUNNER_JOB_URL_BIND": "job_url_bind",
     "SANDBOX_RUNNER_PODMAN_SOCKET": "podman_socket",
     "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
     "SANDBOX_RUNNER_POLICY": "fs_policy",
@@ -180,6 +192,9 @@ def _checked(settings: Settings) -> Settings:
     if settings.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {settings.backend!r} (choose from {', '.join(BACKENDS)})",
                           field="backend")
+    if settings.job_url_port is not None and not 0 <= settings.job_url_port <= 65535:
+        raise ConfigError(f"{settings.job_url_port} is not a TCP port (0-65535; 0 = any free one)",
+                          field="job_url_port")
     if settings.min_free_percent is not None and not 0 <= settings.min_free_percent < 100:
         raise ConfigError(f"{settings.min_free_percent} is not a percentage in [0, 100)",
                           field="min_free_percent")

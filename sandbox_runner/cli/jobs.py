@@ -57,17 +57,27 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
 
 def validate(files: list[str]) -> int:
     from sandbox_runner.models.detect import step_warnings, validate_file
+    from sandbox_runner.models.pairs import expand_paths, pair_mismatches
 
     worst = EXIT_OK
-    for path in files:
+    valid: list[str] = []
+    expanded = expand_paths(files)  # a directory: the HySDS files in it
+    if not expanded:
+        print(f"{', '.join(files)}: no HySDS files (job-spec.json.*, hysds-io.json.*, datasets.json, ...)")
+        return EXIT_USAGE
+    for path in expanded:
         kind, error = validate_file(path)
         if error is None:
             # an unknown step name is valid HySDS (any importable function) but fails run-job here: say so
             warnings = "".join(f" (warning: {w}; run-job on this worker fails such a job)" for w in step_warnings(path))
             print(f"{path}: {kind}: valid{warnings}")
+            valid.append(path)
         else:
             print(f"{path}: {kind}: invalid: {error}")
             worst = EXIT_USAGE
+    for line in pair_mismatches(valid):  # a job-spec and its hysds-io side by side must agree on params
+        print(line)
+        worst = EXIT_USAGE
     return worst
 
 

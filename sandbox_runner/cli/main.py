@@ -31,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--datasets-cfg", type=Path, help="datasets.json [HYSDS_DATASETS_CFG]")
     run.add_argument("--dry-run", action="store_true", help="print the container spec and mounts; run nothing")
 
-    val = sub.add_parser("validate", help="tell the kind of each HySDS file and whether it is valid")
-    val.add_argument("files", nargs="+")
+    val = sub.add_parser("validate", help="tell the kind of each HySDS file and whether it is valid; a "
+                         "job-spec.json.X and hysds-io.json.X side by side must name the same params")
+    val.add_argument("files", nargs="+", help="files, or directories (the HySDS files directly in them)")
 
     ev = sub.add_parser("events", help="read status documents")
     ev_sub = ev.add_subparsers(dest="events_command", metavar="SUBCOMMAND")

@@ -43,8 +43,17 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
             f"--heartbeat-interval={max(1, round(settings.heartbeat_interval))}"]
     if args.pidfile:
         argv += ["--pidfile", str(args.pidfile)]
-    app.worker_main(argv)  # exits the process through click when the worker stops
-    return EXIT_OK
+    # Celery's own command, not app.worker_main/app.start: both drop the worker's exit code (click returns it when
+    # not standalone), so a worker that could not start (a bootstep's "Unrecoverable error") exited 0 and a
+    # supervisor took that for a clean stop
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # what app.start does: --app defaults to ours
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    finally:
+        celery_command.params[0].default = None
+    return int(code) if isinstance(code, int) else EXIT_OK
 
 
 # -- workers -----------------------------------------------------------------------------------------------------------

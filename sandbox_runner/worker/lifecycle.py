@@ -27,6 +27,7 @@ from sandbox_runner.errors import ConfigError
 from sandbox_runner.events import Emitter
 from sandbox_runner.hpc.walltime import ask_slurm
 from sandbox_runner.settings import Settings
+from sandbox_runner.worker.jobhttp import JobHTTPServer, start_job_server
 from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
 from sandbox_runner.worker.reconcile import reconcile
@@ -109,6 +110,23 @@ def _handler(service: WorkerService, sig: int, previous: Any, warm: Any) -> Call
     return handle
 
 
+_job_http: JobHTTPServer | None = None
+
+
+def _serve_jobs(settings: Settings) -> Settings:
+    """Start serving the jobs tree when configured; the settings then carry the base URL job URLs start with."""
+    global _job_http
+    _job_http = start_job_server(settings)
+    return settings if _job_http is None else settings.with_overrides(job_url_base=_job_http.base_url)
+
+
+def _stop_serving_jobs() -> None:
+    global _job_http
+    server, _job_http = _job_http, None
+    if server is not None:
+        server.stop()
+
+
 def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
     class SandboxRunnerWorker(bootsteps.StartStopStep):
         """sandbox_runner's worker start-up; see the module docstring."""
@@ -130,6 +148,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
     if not hold_name(name, settings.workroot.workers):
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
+    settings = _serve_jobs(settings)  # job_url over HTTP, as HySDS's WebDAV, when job_url_port is set
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
     emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
@@ -163,6 +182,7 @@ def shutdown(**_: Any) -> None:
     """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
     global _service, _heart
     heart, service, _heart, _service = _heart, _service, None, None
+    _stop_serving_jobs()
     if heart is None or service is None:
         return
     heart.stop()

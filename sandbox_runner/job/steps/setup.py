@@ -12,6 +12,7 @@ from sandbox_runner.job.container import build_spec, docker_params
 from sandbox_runner.job.hostfacts import host_facts
 from sandbox_runner.job.runscript import render_run_script
 from sandbox_runner.job.steps.base import JobContext
+from sandbox_runner.job.url import job_url
 from sandbox_runner.job.workdir import WorkDir
 from sandbox_runner.policy.mounts import MountPolicy, load_mount_policy
 from sandbox_runner.policy.sharing import prepare_mountpoints
@@ -67,7 +68,7 @@ class CreateWorkDir:
             "facts": dict(facts),
             "execute_node": facts["hysds_execute_node"],
             "public_ip": facts["hysds_public_ip"],
-            "job_url": f"file://{wd.path}",
+            "job_url": job_url(ctx.settings, wd.path),  # http:// when the worker serves the jobs tree
             "context_file": str(wd.file("_context.json")),
             "datasets_cfg_file": str(ctx.settings.datasets_cfg) if ctx.settings.datasets_cfg else None,
             "time_start": iso_now(),
