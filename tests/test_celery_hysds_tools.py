@@ -5,16 +5,18 @@ a revoked job frees its slot only once its container is gone; worker documents i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from celery_helpers import client, containers, statuses, wait_for
-from conftest import Worker, make_job
-from test_celery_worker import send, wait_status
+from celery_helpers import client, containers, free_port, statuses, wait_for
+from conftest import VENV_BIN, Worker, make_job, read_status_list
+from test_celery_worker import TaskEvents, send, wait_status
 
 pytest_plugins = ["celery_fixtures"]  # rabbit_url, own_redis, run_dir, start_worker
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
@@ -103,3 +105,171 @@ def test_a_revoked_job_frees_its_slot_only_when_its_container_is_gone(start_work
         assert "container-not-removed" not in w.text() and "Traceback" not in w.text()
     finally:
         events.close()
+
+
+# -- worker documents: mozart's process_events shape, or none ---------------------------------------------------------
+#: what our worker stamps on every document besides process_events' fields: its name's parts and queues
+#: (events.Emitter fields), the spool's delivery id and sequence number
+OUR_DOC_EXTRAS = {"worker_program", "worker_instance", "worker_host", "worker_queues", "event_id", "event_seq"}
+#: and in ``event``, besides Celery's own fields: the worker's queues, its drain guard, what reconcile found
+OUR_EVENT_EXTRAS = {"queues", "drained", "reconciled"}
+
+
+def process_events_doc(kind: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The worker document mozart's process_events (hysds/scripts/process_events.py) writes for a Celery worker
+    event as its Receiver hands it over: facts from that script, written out here independently of our code."""
+    m = re.search(r"^celery@(.+?)\..+$", event.get("hostname", ""))
+    return {"resource": "worker", "type": m.group(1) if m else "unknown", "status": kind,
+            "celery_hostname": event["hostname"], "uuid": [], "@version": "1",
+            "@timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z", "event": event}
+
+
+def _worker_docs(redis_url: str, key: str, name: str) -> list[dict[str, Any]]:
+    return [d for d in read_status_list(redis_url, key) if d.get("resource") == "worker"
+            and d.get("celery_hostname") == name]
+
+
+def _same_shape(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    assert set(ours) == set(theirs) | OUR_DOC_EXTRAS, set(ours) ^ (set(theirs) | OUR_DOC_EXTRAS)
+    for key in ("resource", "type", "status", "celery_hostname", "uuid", "@version"):
+        assert ours[key] == theirs[key], key
+    for doc in (ours, theirs):  # HySDS's naive ISO time with a literal Z
+        assert doc["@timestamp"].endswith("Z") and datetime.fromisoformat(doc["@timestamp"][:-1]).tzinfo is None
+    mine, celery = ours["event"], theirs["event"]
+    assert set(celery) <= set(mine) and set(mine) - set(celery) <= OUR_EVENT_EXTRAS, set(mine) ^ set(celery)
+    for field in celery:
+        assert type(mine[field]) is type(celery[field]), (field, mine[field], celery[field])
+    for field in ("type", "hostname", "freq", "sw_ident", "sw_ver", "sw_sys", "utcoffset"):
+        assert mine[field] == celery[field], field
+    assert abs(mine["local_received"] - mine["timestamp"]) < 1.0  # received: right after it was sent
+
+
+def test_worker_documents_have_process_events_shape(start_worker, rabbit_url: str, redis_url: str,
+                                                    status_key: str) -> None:
+    w = start_worker(rabbit_url)
+    events = TaskEvents(rabbit_url, redis_url)
+    try:
+        def celery_event(kind: str) -> dict[str, Any] | None:
+            return next((e for e in list(events.seen) if e["type"] == kind and e.get("hostname") == w.name), None)
+
+        celery_beat = wait_for(lambda: celery_event("worker-heartbeat"), 20, what="Celery's own heartbeat")
+        beat = next(d for d in _worker_docs(redis_url, status_key, w.name) if d["status"] == "worker-heartbeat")
+        _same_shape(beat, process_events_doc("worker-heartbeat", celery_beat))
+        assert beat["type"] == w.queue and beat["uuid"] == [] and "tags" not in beat
+        online = _worker_docs(redis_url, status_key, w.name)[0]
+        assert online["status"] == "worker-online"
+        _same_shape(online, process_events_doc("worker-online", {**celery_beat, "type": "worker-online"}))
+        w.stop()
+        celery_bye = wait_for(lambda: celery_event("worker-offline"), 20, what="Celery's own worker-offline")
+        bye = _worker_docs(redis_url, status_key, w.name)[-1]
+        assert bye["status"] == "worker-offline"
+        _same_shape(bye, process_events_doc("worker-offline", celery_bye))
+    finally:
+        events.close()
+
+
+def test_worker_documents_off_sends_none(start_worker, rabbit_url: str, redis_url: str, status_key: str) -> None:
+    """For sites running process_events: our relay is off, Celery's own worker events still go to the broker."""
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_WORKER_DOCUMENTS="off")
+    events = TaskEvents(rabbit_url, redis_url)
+    try:
+        job = make_job("echo no worker documents")
+        assert send(rabbit_url, redis_url, w.queue, job).get(timeout=90)["status"] == "job-completed"
+        wait_for(lambda: sum(e["type"] == "worker-heartbeat" and e.get("hostname") == w.name
+                             for e in list(events.seen)) >= 2, 20, what="two of Celery's heartbeats")
+        w.stop()
+        wait_for(lambda: any(e["type"] == "worker-offline" for e in list(events.seen)), 20, what="worker-offline")
+    finally:
+        events.close()
+    docs = read_status_list(redis_url, status_key)
+    assert [d for d in docs if d.get("resource") == "worker"] == []
+    assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-completed"]
+
+
+def test_worker_documents_setting_is_on_or_off() -> None:
+    from sandbox_runner.errors import ConfigError
+    from sandbox_runner.settings import load_settings
+
+    assert load_settings({}).worker_documents == "on"
+    assert load_settings({"SANDBOX_RUNNER_WORKER_DOCUMENTS": "off"}).worker_documents == "off"
+    with pytest.raises(ConfigError, match="worker_documents must be on or off, got 'no'") as err:
+        load_settings({"SANDBOX_RUNNER_WORKER_DOCUMENTS": "no"})
+    assert err.value.field == "worker_documents"
+
+
+# -- Flower 2.2 and msgpack -------------------------------------------------------------------------------------------
+class Flower:
+    """A real ``celery ... flower`` on a loopback port (basic auth, as a site would run it), stopped at the end."""
+
+    def __init__(self, app_args: list[str], env: dict[str, str], run_dir: Path, name: str) -> None:
+        self.port = free_port()
+        self.log = run_dir / f"flower-{name}.log"
+        argv = [str(VENV_BIN / "celery"), *app_args, "flower", "--address=127.0.0.1", f"--port={self.port}",
+                "--basic-auth=ops:secret", "--persistent=False"]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(run_dir))
+        wait_for(self._up, 60, interval=0.3, what=f"flower {name} listening")
+
+    def get(self, path: str) -> Any:
+        import base64
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                     headers={"Authorization": "Basic " + base64.b64encode(b"ops:secret").decode()})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"flower exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+        try:
+            self.get("/api/tasks")
+            return True
+        except OSError:
+            return False
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def test_flower_shows_our_tasks_with_their_states(start_worker, rabbit_url: str, redis_url: str, run_dir: Path,
+                                                  status_key: str) -> None:
+    """``celery -A sandbox_runner.flower flower`` (the README's way) sees every job with Celery's state; a bare
+    ``celery flower`` on the same broker refuses the msgpack events and shows nothing -- the problem it solves."""
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(run_dir), "LANG": "C.UTF-8",
+           "SANDBOX_RUNNER_BROKER_URL": rabbit_url, "SANDBOX_RUNNER_RESULT_BACKEND": redis_url}
+    w = start_worker(rabbit_url)
+    ours = Flower(["-A", "sandbox_runner.flower"], env, run_dir, "ours")
+    bare = Flower([f"--broker={rabbit_url}"], env, run_dir, "bare")
+    try:
+        time.sleep(2.0)  # both have subscribed to the events exchange
+        ok, bad = make_job("echo seen by flower"), make_job("sh -c 'exit 3'")
+        assert send(rabbit_url, redis_url, w.queue, ok).get(timeout=90)["status"] == "job-completed"
+        send(rabbit_url, redis_url, w.queue, bad).get(timeout=90, propagate=False)
+
+        def states() -> dict[str, str] | None:
+            tasks = ours.get("/api/tasks")
+            got = {tid: t.get("state") for tid, t in tasks.items() if tid in (ok["task_id"], bad["task_id"])}
+            return got if set(got.values()) == {"SUCCESS", "FAILURE"} else None
+
+        assert wait_for(states, 30, interval=0.5, what="flower to show both tasks finished") == {
+            ok["task_id"]: "SUCCESS", bad["task_id"]: "FAILURE"}
+        info = ours.get(f"/api/task/info/{ok['task_id']}")
+        assert info["name"] == "hysds.job_worker.run_job" and info["worker"] == w.name
+        assert info["state"] == "SUCCESS" and info["uuid"] == ok["task_id"]
+        failed = ours.get(f"/api/task/info/{bad['task_id']}")
+        assert failed["exception"].startswith("WorkerExecutionError(")
+        assert "msgpack" not in ours.text()  # no "Refusing to deserialize untrusted content of type msgpack"
+        assert bare.get("/api/tasks") == {}  # the same events, refused:
+        assert "Refusing to deserialize untrusted content of type msgpack" in bare.text()
+    finally:
+        ours.close()
+        bare.close()
