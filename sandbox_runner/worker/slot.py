@@ -15,6 +15,7 @@ container is gone: the backend removes a container it had to stop before ``run``
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery.worker.request import Request
@@ -23,17 +24,20 @@ from celery.worker.request import Request
 class SlotRequest(Request):
     """Celery's Request whose ack at ``terminate`` waits for the running job's end (see the module docstring)."""
 
-    _holding_ack = False
+    #: the thread running ``terminate`` of a started request: the ack *it* asks for is the one held back. Told
+    #: apart by thread, not by a flag, so the job's own ack -- its thread may finish while the revoke is being
+    #: announced -- is never the one skipped (a skipped last ack would leave the slot taken for good).
+    _revoking_thread: int | None = None
 
     def terminate(self, pool: Any, signal: Any = None) -> None:
-        running = bool(self.time_start)
-        self._holding_ack = running  # only a running job holds its slot; a reserved one is dropped at once
+        if self.time_start:  # running: its thread acks when it ends; a reserved request is dropped as Celery does
+            self._revoking_thread = threading.get_ident()
         try:
             super().terminate(pool, signal)
         finally:
-            self._holding_ack = False
+            self._revoking_thread = None
 
     def acknowledge(self) -> None:
-        if self._holding_ack:
-            return  # the job's thread acks when it ends (Celery's on_success / on_failure)
+        if self._revoking_thread == threading.get_ident():
+            return  # the job's thread acks when it ends (Celery's on_success / on_failure, acks_late)
         super().acknowledge()
