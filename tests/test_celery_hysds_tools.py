@@ -242,26 +242,35 @@ class Flower:
 
 def test_flower_shows_our_tasks_with_their_states(start_worker, rabbit_url: str, redis_url: str, run_dir: Path,
                                                   status_key: str) -> None:
-    """``celery -A sandbox_runner.flower flower`` (the README's way) sees every job with Celery's state; a bare
-    ``celery flower`` on the same broker refuses the msgpack events and shows nothing -- the problem it solves."""
+    """``celery -A sandbox_runner.flower flower`` (the README's way), or Celery's default app reading a celeryconfig
+    with HySDS's msgpack lines, sees every job with Celery's state; a bare ``celery flower --broker=...`` (as
+    HySDS's mozart supervisord starts it) refuses the msgpack events and shows nothing."""
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(run_dir), "LANG": "C.UTF-8",
            "SANDBOX_RUNNER_BROKER_URL": rabbit_url, "SANDBOX_RUNNER_RESULT_BACKEND": redis_url}
     w = start_worker(rabbit_url)
-    ours = Flower(["-A", "sandbox_runner.flower"], env, run_dir, "ours")
-    bare = Flower([f"--broker={rabbit_url}"], env, run_dir, "bare")
+    # on a mozart without our package: Celery's default app reading a celeryconfig with HySDS's serializer lines
+    (run_dir / "hysdsconfig.py").write_text(f"broker_url = {rabbit_url!r}\nresult_backend = {redis_url!r}\n"
+                                            'event_serializer = "msgpack"\naccept_content = ["msgpack", "json"]\n')
+    flowers: list[Flower] = []
     try:
+        for args, extra, name in ((["-A", "sandbox_runner.flower"], {}, "ours"),
+                                  (["--config=hysdsconfig"], {"PYTHONPATH": str(run_dir)}, "mozart"),
+                                  ([f"--broker={rabbit_url}"], {}, "bare")):  # HySDS's supervisord.conf.mozart
+            flowers.append(Flower(args, {**env, **extra}, run_dir, name))
+        ours, mozart, bare = flowers
         time.sleep(2.0)  # both have subscribed to the events exchange
         ok, bad = make_job("echo seen by flower"), make_job("sh -c 'exit 3'")
         assert send(rabbit_url, redis_url, w.queue, ok).get(timeout=90)["status"] == "job-completed"
         send(rabbit_url, redis_url, w.queue, bad).get(timeout=90, propagate=False)
 
-        def states() -> dict[str, str] | None:
-            tasks = ours.get("/api/tasks")
+        def states(flower: Flower) -> dict[str, str] | None:
+            tasks = flower.get("/api/tasks")
             got = {tid: t.get("state") for tid, t in tasks.items() if tid in (ok["task_id"], bad["task_id"])}
             return got if set(got.values()) == {"SUCCESS", "FAILURE"} else None
 
-        assert wait_for(states, 30, interval=0.5, what="flower to show both tasks finished") == {
-            ok["task_id"]: "SUCCESS", bad["task_id"]: "FAILURE"}
+        for flower in (ours, mozart):
+            assert wait_for(lambda f=flower: states(f), 30, interval=0.5, what="flower to show both tasks ended") == {
+                ok["task_id"]: "SUCCESS", bad["task_id"]: "FAILURE"}
         info = ours.get(f"/api/task/info/{ok['task_id']}")
         assert info["name"] == "hysds.job_worker.run_job" and info["worker"] == w.name
         assert info["state"] == "SUCCESS" and info["uuid"] == ok["task_id"]
@@ -271,5 +280,5 @@ def test_flower_shows_our_tasks_with_their_states(start_worker, rabbit_url: str,
         assert bare.get("/api/tasks") == {}  # the same events, refused:
         assert "Refusing to deserialize untrusted content of type msgpack" in bare.text()
     finally:
-        ours.close()
-        bare.close()
+        for flower in flowers:
+            flower.close()
