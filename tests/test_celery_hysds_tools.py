@@ -276,6 +276,8 @@ def test_flower_shows_our_tasks_with_their_states(start_worker, rabbit_url: str,
         assert info["state"] == "SUCCESS" and info["uuid"] == ok["task_id"]
         failed = ours.get(f"/api/task/info/{bad['task_id']}")
         assert failed["exception"].startswith("WorkerExecutionError(")
+        workers = ours.get("/api/workers?refresh=1")  # Flower's inspect broadcast, answered by the worker
+        assert [q["name"] for q in workers[w.name]["active_queues"]] == [w.queue]
         assert "msgpack" not in ours.text()  # no "Refusing to deserialize untrusted content of type msgpack"
         assert bare.get("/api/tasks") == {}  # the same events, refused:
         assert "Refusing to deserialize untrusted content of type msgpack" in bare.text()
