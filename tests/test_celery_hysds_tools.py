@@ -62,33 +62,47 @@ def _doc_time(doc: dict[str, Any]) -> float:
     return datetime.fromisoformat(doc["@timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def test_a_revoked_job_frees_its_slot_only_when_its_container_is_gone(start_worker, podman_ready: Worker,
-                                                                      rabbit_url: str, redis_url: str,
-                                                                      status_key: str) -> None:
+def ready_messages(broker: str, queue: str) -> int:
+    """Messages waiting on the broker for any consumer (delivered-but-unacked ones are not counted)."""
+    if broker.startswith("amqp"):
+        from kombu import Connection
+
+        with Connection(broker) as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    import redis
+
+    r = redis.Redis.from_url(broker)  # kombu's priority emulation: one list per step, "queue" then "queue:N"
+    return sum(int(r.llen(key)) for key in [queue, *(f"{queue}:{n}" for n in range(1, 10))])
+
+
+@pytest.mark.parametrize("broker_kind", ["rabbitmq", "redis"])
+def test_a_revoked_job_frees_its_slot_only_when_its_container_is_gone(request: pytest.FixtureRequest,
+                                                                      start_worker, podman_ready: Worker,
+                                                                      redis_url: str, status_key: str,
+                                                                      broker_kind: str) -> None:
     """``-c 1``: the revoked job's container ignores SIGTERM and dies only at the grace's SIGKILL, 4 s later; the
     job queued behind it must not start (no create, no job-started) before that container is removed."""
-    from kombu import Connection
-
-    w = start_worker(rabbit_url, SANDBOX_RUNNER_STOP_GRACE="4")
+    broker = request.getfixturevalue("rabbit_url") if broker_kind == "rabbitmq" else \
+        request.getfixturevalue("own_redis").url
+    w = start_worker(broker, SANDBOX_RUNNER_STOP_GRACE="4")
     events = PodmanEvents(podman_ready)
     try:
         first = make_job("sh -c 'trap \"\" TERM; while true; do sleep 1; done'")
-        send(rabbit_url, redis_url, w.queue, first)
+        send(broker, redis_url, w.queue, first)
         wait_status(redis_url, status_key, first["task_id"], "job-started")
         label = f"sandbox_runner.task_id={first['task_id']}"
         wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 30,
                  what="the first job's container running")
         second = make_job("echo next")
-        r_second = send(rabbit_url, redis_url, w.queue, second)
+        r_second = send(broker, redis_url, w.queue, second)
         time.sleep(0.5)  # queued on the broker behind the running job
         t_revoke = time.time()
-        client(rabbit_url, redis_url).control.revoke(first["task_id"], terminate=True)
+        client(broker, redis_url).control.revoke(first["task_id"], terminate=True)
         time.sleep(1.5)
         # still stopping (it ignores SIGTERM): the slot is busy, so the next message stays on the broker, ready
         # for any idle worker, instead of being delivered to this one
         assert [c["State"] for c in containers(podman_ready, label)] in (["running"], ["stopping"])
-        with Connection(rabbit_url) as conn:
-            assert conn.default_channel.queue_declare(queue=w.queue, passive=True).message_count == 1
+        assert ready_messages(broker, w.queue) == 1
         assert r_second.get(timeout=90)["status"] == "job-completed"
         removed = wait_for(lambda: events.first("remove", first["task_id"]), 10, what="first container removed")
         created = wait_for(lambda: events.first("create", second["task_id"]), 10, what="second container created")
@@ -98,10 +112,9 @@ def test_a_revoked_job_frees_its_slot_only_when_its_container_is_gone(start_work
         assert _doc_time(started) > removed
         # the revoke itself is as before: REVOKED, one job-revoked; its message was acked in the end (else prefetch 1
         # would have kept the second job from this worker for good)
-        assert client(rabbit_url, redis_url).AsyncResult(first["task_id"]).state == "REVOKED"
+        assert client(broker, redis_url).AsyncResult(first["task_id"]).state == "REVOKED"
         assert statuses(redis_url, status_key, first["task_id"]) == ["job-started", "job-revoked"]
-        with Connection(rabbit_url) as conn:
-            assert conn.default_channel.queue_declare(queue=w.queue, passive=True).message_count == 0
+        assert ready_messages(broker, w.queue) == 0
         assert "container-not-removed" not in w.text() and "Traceback" not in w.text()
     finally:
         events.close()
