@@ -297,3 +297,17 @@ def test_flower_shows_our_tasks_with_their_states(start_worker, rabbit_url: str,
     finally:
         for flower in flowers:
             flower.close()
+
+
+@pytest.mark.parametrize(("hostname", "expected"), [
+    ("celery@factotum-job_worker-small.01.node-7.example.org", "factotum-job_worker-small"),
+    ("celery@job_worker.x", "job_worker"),
+    ("celery@nodots", "unknown"),  # process_events finds no type there either
+    ("sandbox-runner@vm", "unknown"),
+])
+def test_worker_document_type_is_process_events_reading_of_the_name(hostname: str, expected: str) -> None:
+    from sandbox_runner.events.documents import worker_event_doc
+
+    doc = worker_event_doc("worker-heartbeat", {"hostname": hostname, "timestamp": 1.0}, "ignored@host")
+    assert (doc["type"], doc["celery_hostname"], doc["uuid"]) == (expected, hostname, [])
+    assert isinstance(doc["event"]["local_received"], float)
