@@ -75,7 +75,8 @@ def make_app(settings: Settings) -> Celery:
         # WorkerExecutionError is logged by Celery at INFO without a traceback. CheckedTask refuses a message
         # whose body is not a task's.
         app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, track_started=True,
-                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,), base=CheckedTask)(run_job)
+                 acks_on_failure_or_timeout=True, throws=(WorkerExecutionError,), base=CheckedTask,
+                 Request="sandbox_runner.worker.slot:SlotRequest")(run_job)  # a revoked job's ack waits for its end
     return app
 
 

@@ -92,6 +92,9 @@ class Settings:
     pilot_grace: float = 120.0
     #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
     user_rules_queue: str = "user_rules_job"
+    #: worker documents (worker-online/-heartbeat/-offline, process_events' shape) on the status Redis: "on", or
+    #: "off" where mozart's process_events runs and already writes them from Celery's own worker events
+    worker_documents: str = "on"
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -164,6 +167,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
+    "SANDBOX_RUNNER_WORKER_DOCUMENTS": "worker_documents",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -209,6 +213,9 @@ def _checked(settings: Settings) -> Settings:
                           field="worker")
     if settings.progress not in ("auto", "always", "never"):
         raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
+    if settings.worker_documents not in ("on", "off"):
+        raise ConfigError(f"worker_documents must be on or off, got {settings.worker_documents!r}",
+                          field="worker_documents")
     return settings
 
 

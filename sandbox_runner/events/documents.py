@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import time
 import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import Any
@@ -130,16 +132,31 @@ def custom_event_doc(
     }
 
 
-def worker_event_doc(status: str, event: dict[str, Any], hostname: str, worker_type: str) -> dict[str, Any]:
-    """A worker event (``worker-online`` / ``-heartbeat`` / ``-offline``) as HySDS's process_events indexes it:
-    ``event`` holds Celery's own fields (hostname, timestamp, freq, sw_ident, sw_ver, sw_sys, active, ...)."""
+#: HySDS's process_events types a worker document by the part of the Celery hostname between ``celery@`` and
+#: the first dot that is followed by more (``celery@factotum-job_worker-small.01.host`` -> factotum-job_worker-small)
+_HYSDS_WORKER_TYPE = re.compile(r"^celery@(.+?)\..+$")
+
+
+def hysds_worker_type(hostname: str) -> str:
+    """The ``type`` process_events gives a worker document; ``unknown`` for a name not of that form (as there)."""
+    m = _HYSDS_WORKER_TYPE.search(hostname)
+    return m.group(1) if m else "unknown"
+
+
+def worker_event_doc(status: str, event: dict[str, Any], hostname: str) -> dict[str, Any]:
+    """A worker event (``worker-online`` / ``-heartbeat`` / ``-offline``) in the shape mozart's process_events
+    writes for the same Celery event: ``uuid`` an empty list (worker events have none), ``type`` from the
+    hostname, and ``event`` Celery's event as a receiver hands it over (Celery's fields plus ``local_received``,
+    the receiving side's clock). ``celery_hostname`` is the event's hostname."""
+    name = event.get("hostname")
+    name = name if isinstance(name, str) else hostname
     return {
         "resource": "worker",
-        "type": worker_type,
+        "type": hysds_worker_type(name),
         "status": status,
-        "celery_hostname": hostname,
-        "@timestamp": iso_now(),
+        "celery_hostname": name,
+        "uuid": [],
         "@version": "1",
-        "tags": [],
-        "event": event,
+        "@timestamp": iso_now(),
+        "event": {**event, "local_received": time.time()},
     }

@@ -108,8 +108,8 @@ class Emitter:
         self._deliver(self.status_key, doc)
         return doc
 
-    def worker_event(self, status: str, event: dict[str, Any], worker_type: str = "worker") -> dict[str, Any]:
-        doc = worker_event_doc(status, event, self.hostname, worker_type)
+    def worker_event(self, status: str, event: dict[str, Any]) -> dict[str, Any]:
+        doc = worker_event_doc(status, event, self.hostname)
         self.log.debug(status, hostname=self.hostname, active=event.get("active"))
         self._deliver(self.status_key, doc)
         return doc

@@ -5,10 +5,12 @@ worker`` behave the same. It starts after the pool and before the consumer, so a
 cleaned up before the first message is taken; worker-offline is sent from ``worker_shutdown``, after the pool has
 drained (a warm shutdown waits for running jobs).
 
-Worker events go through the one emitter onto Redis with Celery's own fields (hostname, timestamp, freq,
-sw_ident, sw_ver, sw_sys; heartbeats also active, processed, loadavg). Heartbeats come from a thread of their own,
-not the consumer's event loop: a broker outage must not make a tracker think the worker -- and with it its running
-jobs -- went offline. A consumer calls a worker offline after two missed beats.
+Worker events go through the one emitter onto Redis as the worker documents mozart's process_events writes
+(:func:`~sandbox_runner.events.documents.worker_event_doc`), with Celery's own fields (hostname, timestamp, freq,
+utcoffset, pid, clock, active, processed, loadavg, sw_ident, sw_ver, sw_sys); ``worker_documents=off`` leaves
+them to a process_events that already writes them from Celery's own worker events on the broker. Heartbeats
+come from a thread of their own, not the consumer's event loop: a broker outage must not make a tracker think the
+worker -- and with it its running jobs -- went offline. A consumer calls a worker offline after two missed beats.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sandbox_runner.hpc.walltime import ask_slurm
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.jobhttp import JobHTTPServer, start_job_server
 from sandbox_runner.worker.lease import LeaseGuard
-from sandbox_runner.worker.naming import hold_name, name_fields, parse_name
+from sandbox_runner.worker.naming import hold_name, name_fields
 from sandbox_runner.worker.reconcile import reconcile
 from sandbox_runner.worker.root import pin_work_root
 from sandbox_runner.worker.service import SIGNAL_STATUS, WorkerService
@@ -46,16 +48,18 @@ def current_service() -> WorkerService:
     return _service
 
 
-def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None) -> dict[str, Any]:
-    """The fields Celery's own Heart puts in worker events (celery/worker/heartbeat.py), plus ours."""
+def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None,
+                  clock: Callable[[], int] | None = None) -> dict[str, Any]:
+    """The fields Celery's own Heart puts in worker events (celery/worker/heartbeat.py: every kind carries
+    active, processed and loadavg; the dispatcher adds utcoffset, pid and the Lamport clock), plus ours."""
     from celery.utils.sysinfo import load_average
     from celery.utils.time import utcoffset
     from celery.worker.state import SOFTWARE_INFO, active_requests, all_total_count
 
     event: dict[str, Any] = {"type": kind, "hostname": hostname, "timestamp": time.time(), "freq": freq,
-                             "utcoffset": utcoffset(), "pid": os.getpid(), **SOFTWARE_INFO}
-    if kind != "worker-online":
-        event.update(active=len(active_requests), processed=all_total_count[0], loadavg=list(load_average()))
+                             "utcoffset": utcoffset(), "pid": os.getpid(), "clock": clock() if clock else 0,
+                             **SOFTWARE_INFO}
+    event.update(active=len(active_requests), processed=all_total_count[0], loadavg=list(load_average()))
     if service is not None:
         event["drained"] = service.drain.tripped
     return event
@@ -63,22 +67,24 @@ def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService 
 
 class Heart(threading.Thread):
     def __init__(self, emitter: Emitter, hostname: str, interval: float, service: WorkerService,
-                 queues: list[str]) -> None:
+                 queues: list[str], *, clock: Callable[[], int] | None = None, enabled: bool = True) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.emitter, self.hostname, self.interval, self.service = emitter, hostname, interval, service
-        self.queues = queues
-        parsed = parse_name(hostname)
-        # HySDS's process_events types a worker document by the program part of its name
-        self.worker_type = parsed.program if parsed else "worker"
+        self.queues, self.clock = queues, clock
+        #: off where mozart's process_events already turns Celery's own worker events into worker documents
+        self.enabled = enabled
         self.stopped = threading.Event()
 
     def send(self, kind: str, **extra: Any) -> None:
-        event = celery_fields(kind, self.hostname, self.interval, self.service)
+        if not self.enabled:
+            log.info(kind, hostname=self.hostname, **extra)  # what the document would have said, in the log only
+            return
+        event = celery_fields(kind, self.hostname, self.interval, self.service, self.clock)
         event.update(queues=self.queues, **extra)
-        self.emitter.worker_event(kind, event, self.worker_type)
+        self.emitter.worker_event(kind, event)
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        while self.enabled and not self.stopped.wait(self.interval):
             try:
                 self.send("worker-heartbeat")
             except Exception as exc:  # a beat must never kill the heart
@@ -171,7 +177,8 @@ def boot(base: Settings, w: Any) -> WorkerService:
     _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
                                        on_exhausted=free_the_allocation)
     install_signal_handlers(service)
-    _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues)
+    _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues, clock=w.app.clock.forward,
+                   enabled=settings.worker_documents == "on")
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
                                              "closed": done.closed})
     _heart.start()

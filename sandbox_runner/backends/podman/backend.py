@@ -289,6 +289,10 @@ class PodmanBackend:
             elif deadline is not None and time.monotonic() > deadline:
                 raise BackendError(f"container {cid[:12]} did not exit after being stopped")
             if follower.done.wait(CANCEL_TICK):
+                if deadline is not None:
+                    # stopped (revoke, signal, time limit): the slot frees only once the container is gone, not
+                    # when podman's auto-removal gets to it, or the next job starts beside what is left of it
+                    self._remove(cid)
                 return
 
     def _stop(self, cid: str, grace: int) -> None:
