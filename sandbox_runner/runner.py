@@ -22,6 +22,7 @@ from sandbox_runner.backends.base import Backend, ContainerSpec
 from sandbox_runner.errors import JobFormatError, JobInterrupted, SandboxRunnerError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.events.emitter import Emitter
+from sandbox_runner.metrics import phases
 from sandbox_runner.settings import Settings
 from sandbox_runner.steps.admit import AdmitDisk, release_reservation
 from sandbox_runner.steps.base import JobContext, Step
@@ -155,13 +156,15 @@ class JobRunner:
                 if failure is not None:  # for post steps that report it (the triage bundle says why)
                     ctx.notes.setdefault("failure", str(failure))
                 try:
-                    step.run(ctx)
+                    with phases.timed(ctx, step.name):  # each step timed here, once (job_info.metrics.phases)
+                        step.run(ctx)
                 except SandboxRunnerError as exc:
                     failure = failure or exc
                 except RecursionError:  # a dict job (Celery decoded it) nested deeper than Python can walk
                     failure = failure or JobFormatError("the job is nested too deeply to read", source="job")
                 except Exception as exc:  # a bug: still one job-failed, with the traceback for machines
                     failure = failure or exc
+            ctx.notes[phases.CLOSE_NOTE] = time.monotonic()
             try:
                 return self._close(ctx, failure)
             except Exception as exc:  # last guard: the close-up itself broke; the job still gets its status
@@ -251,9 +254,14 @@ class JobRunner:
             if ctx.result is None and not (wd.file("_exit_code")).exists():
                 wd.write_text("_exit_code", f"{info['status']}\n")
             refresh_context(ctx)
+            info["metrics"]["phases"] = phases.phase_durations(ctx)
             wd.write_json("_job.json", job)
             wd.mark_done()
             self.emitter.job_info(job)
+        elif isinstance(job.get("job_info"), dict):  # refused before its job dir: still say where the time went
+            metrics = job["job_info"].setdefault("metrics", {})
+            if isinstance(metrics, dict):
+                metrics["phases"] = phases.phase_durations(ctx)
         self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
         ctx.notes["terminal_sent"] = True
         return JobOutcome(status=status, job_id=_text(job.get("job_id")), task_id=_text(job.get("task_id")),

@@ -37,6 +37,7 @@ log = structlog.get_logger("sandbox_runner.worker")
 
 _service: WorkerService | None = None
 _heart: Heart | None = None
+_metrics: Any = None  # metrics.prom.WorkerMetrics when --metrics-port / --metrics-textfile is on
 
 
 def current_service() -> WorkerService:
@@ -152,6 +153,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
                                        on_exhausted=free_the_allocation)
     install_signal_handlers(service)
+    _start_metrics(settings, emitter, service)
     _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues)
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
                                              "closed": done.closed})
@@ -159,9 +161,18 @@ def boot(base: Settings, w: Any) -> WorkerService:
     return service
 
 
+def _start_metrics(settings: Settings, emitter: Emitter, service: WorkerService) -> None:
+    global _metrics
+    if settings.metrics_port is None and settings.metrics_textfile is None:
+        return  # prometheus_client is not even imported
+    from sandbox_runner.metrics.prom import WorkerMetrics
+
+    _metrics = WorkerMetrics(settings, emitter, service.drain)
+
+
 def shutdown(**_: Any) -> None:
     """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
-    global _service, _heart
+    global _service, _heart, _metrics
     heart, service, _heart, _service = _heart, _service, None, None
     if heart is None or service is None:
         return
@@ -170,3 +181,6 @@ def shutdown(**_: Any) -> None:
     heart.send("worker-offline")
     service.close()
     service.emitter.close()
+    if _metrics is not None:
+        metrics, _metrics = _metrics, None
+        metrics.close()
