@@ -140,7 +140,7 @@ class PodmanBackend:
             loaded = io.phases["image_load"] - loaded
             _add(io.phases, "container_start", time.monotonic() - t0 - loaded)
             try:
-                if attempt == 0:
+                if attempt == 0 and spec.dependencies:
                     t0 = time.monotonic()
                     self._ensure_dependencies(spec)
                     _add(io.phases, "image_load", time.monotonic() - t0)
