@@ -282,3 +282,22 @@ def test_worker_serves_metrics_that_match_the_jobs_it_ran(start_worker, podman_r
     text = wait_for(lambda: prom.exists() and "job-failed" in prom.read_text() and prom.read_text(), 30,
                     what="the worker's textfile after both jobs")
     assert value(samples(text), "sandbox_runner_localized_bytes_total") == sum(sizes.values())
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_worker_refuses_a_metrics_port_in_use(start_worker, rabbit_url: str) -> None:
+    import socket
+
+    from celery_helpers import wait_for
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        w = start_worker(rabbit_url, args=("--metrics-port", str(port)), wait=False)
+        assert w.proc is not None
+        w.proc.wait(timeout=60)  # it stops before taking any job (Celery's exit code for a boot error is 0)
+        wait_for(lambda: f"cannot serve /metrics on 0.0.0.0:{port}: Address already in use" in w.text(), 10,
+                 what="the reason in the log")
+        assert "choose another --metrics-port" in w.text() and " ready." not in w.text()
