@@ -99,6 +99,35 @@ def test_completed_job_records_every_phase_it_ran(tmp_path: Path) -> None:
     assert doc["job"]["job_info"]["metrics"]["phases"] == info["metrics"]["phases"]
 
 
+def test_published_bytes_files_and_datasets_are_counted(tmp_path: Path) -> None:
+    pub = tmp_path / "pub"
+    cfg = tmp_path / "datasets.json"
+    cfg.write_text(json.dumps({"datasets": [{
+        "ipath": "hysds::data/hello", "level": "l2", "type": "hello",
+        "match_pattern": r"/(?P<id>HELLO_\d+)$", "publish": {"location": f"file://{pub}/{{id}}"}}]}))
+
+    def make_product(spec: Any, io: Any) -> None:
+        prod = Path(spec.workdir) / "HELLO_1"
+        prod.mkdir()
+        (prod / "HELLO_1.dataset.json").write_text(json.dumps({"version": "v1", "label": "hello"}))
+        for i, size in enumerate((1000, 2345)):
+            (prod / f"part{i}.dat").write_bytes(os.urandom(size))
+
+    settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"),
+                              "HYSDS_DATASETS_CFG": str(cfg)}, min_free_percent=0.0)
+    emitter = Emitter(MemorySink(), hostname="celery@test.01.host")
+    metrics = JobMetrics(settings).attach(emitter)
+    outcome = JobRunner(settings, emitter, backend_for=lambda s, spec: FakeBackend(make_product)).run(
+        make_job("/bin/true"))
+    assert outcome.status == "job-completed", outcome.error
+    source = [f for f in (outcome.job_dir / "HELLO_1").iterdir() if f.is_file()]
+    assert (pub / "HELLO_1" / "part1.dat").stat().st_size == 2345
+    found = samples(metrics.exposition().decode())
+    assert value(found, "sandbox_runner_published_datasets_total") == 1
+    assert value(found, "sandbox_runner_published_files_total") == len(source) == 4  # + the dataset's context
+    assert value(found, "sandbox_runner_published_bytes_total") == sum(f.stat().st_size for f in source)
+
+
 def test_job_refused_at_admission_still_records_the_phases_that_ran(tmp_path: Path) -> None:
     runner, sink, metrics = _runner(tmp_path, FakeBackend())
     job = make_job("/bin/echo hi")

@@ -64,6 +64,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sandbox_runner_localized_files": ("localize_urls entries localized (a directory URL counts once)", ()),
     "sandbox_runner_published_bytes": ("Bytes published (job_info.metrics.products_staged, triage bundles too)", ()),
     "sandbox_runner_published_datasets": ("Datasets published (job_info.metrics.products_staged entries)", ()),
+    "sandbox_runner_published_files": ("Files published (the datasets' files, as products_staged counts them)", ()),
     "sandbox_runner_events_undelivered": ("Status/info documents neither sent nor spooled (lost)", ()),
     "sandbox_runner_transfer_retries": ("Transfers retried after a transient failure (localize and publish)", ()),
 }
@@ -111,11 +112,13 @@ class JobMetrics:
             for name, seconds in _dict(metrics.get("phases")).items():
                 if isinstance(seconds, int | float) and not isinstance(seconds, bool):
                     self._observe_phase(str(name), float(seconds))
-            for field, what in (("inputs_localized", "localized"), ("products_staged", "published")):
-                entries = [e for e in metrics.get(field) or [] if isinstance(e, dict)]
-                self._inc(f"sandbox_runner_{what}_bytes", (), sum(_number(e.get("disk_usage")) for e in entries))
-                self._inc(f"sandbox_runner_{what}_{'files' if what == 'localized' else 'datasets'}", (),
-                          float(len(entries)))
+            inputs = [e for e in metrics.get("inputs_localized") or [] if isinstance(e, dict)]
+            self._inc("sandbox_runner_localized_bytes", (), sum(_number(e.get("disk_usage")) for e in inputs))
+            self._inc("sandbox_runner_localized_files", (), float(len(inputs)))
+            products = [e for e in metrics.get("products_staged") or [] if isinstance(e, dict)]
+            self._inc("sandbox_runner_published_bytes", (), sum(_number(e.get("disk_usage")) for e in products))
+            self._inc("sandbox_runner_published_datasets", (), float(len(products)))
+            self._inc("sandbox_runner_published_files", (), sum(_number(e.get("files")) for e in products))
 
     def _inc(self, name: str, labels: tuple[str, ...], by: float = 1.0) -> None:
         series = self._counters[name]
