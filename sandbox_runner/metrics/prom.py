@@ -347,7 +347,7 @@ def textfile_path(setting: Path, name: str) -> Path:
 class WorkerMetrics:
     """A worker's metrics: ``/metrics`` on ``settings.metrics_port`` and/or a textfile kept current."""
 
-    def __init__(self, settings: Settings, emitter: Emitter, drain: DrainGuard) -> None:
+    def __init__(self, settings: Settings, emitter: Emitter, drain: DrainGuard | None = None) -> None:
         self.metrics = JobMetrics(settings, drain=drain).attach(emitter)
         self.server: Any = None
         self.textfile = textfile_path(settings.metrics_textfile, emitter.hostname) \

@@ -134,6 +134,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
     emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
+    _start_metrics(settings, emitter)  # before reconcile: its job-offline documents count, a taken port stops us
     guard = LeaseGuard(settings.redis_url, name, settings.lease_ttl, settings.status_expires) \
         if settings.redis_url else None
     done = reconcile(settings, emitter, guard, use_podman=settings.backend == "podman")
@@ -153,7 +154,8 @@ def boot(base: Settings, w: Any) -> WorkerService:
     _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
                                        on_exhausted=free_the_allocation)
     install_signal_handlers(service)
-    _start_metrics(settings, emitter, service)
+    if _metrics is not None:
+        _metrics.metrics.drain = service.drain
     _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues)
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
                                              "closed": done.closed})
@@ -161,13 +163,13 @@ def boot(base: Settings, w: Any) -> WorkerService:
     return service
 
 
-def _start_metrics(settings: Settings, emitter: Emitter, service: WorkerService) -> None:
+def _start_metrics(settings: Settings, emitter: Emitter) -> None:
     global _metrics
     if settings.metrics_port is None and settings.metrics_textfile is None:
         return  # prometheus_client is not even imported
     from sandbox_runner.metrics.prom import WorkerMetrics
 
-    _metrics = WorkerMetrics(settings, emitter, service.drain)
+    _metrics = WorkerMetrics(settings, emitter)
 
 
 def shutdown(**_: Any) -> None:
