@@ -330,3 +330,37 @@ def test_worker_refuses_a_metrics_port_in_use(start_worker, rabbit_url: str) -> 
         wait_for(lambda: f"cannot serve /metrics on 0.0.0.0:{port}: Address already in use" in w.text(), 10,
                  what="the reason in the log")
         assert "choose another --metrics-port" in w.text() and " ready." not in w.text()
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_worker_metrics_while_a_job_runs_and_after_a_predecessor_died(start_worker, podman_ready: Worker,
+                                                                      rabbit_url: str, redis_url: str,
+                                                                      status_key: str, work_root: Path) -> None:
+    """SIGKILL mid-job, restart: the restarted worker counts its reconcile's job-offline, and while the redelivered
+    job runs, one container runs and one disk reservation (the job's 1MB) is held under the work root."""
+    from celery_helpers import client, containers, free_port, wait_for
+
+    from sandbox_runner.units import parse_size
+
+    port = free_port()
+    w = start_worker(rabbit_url, args=("--metrics-port", str(port)))
+    job = make_job("sleep 600")
+    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[job], queue=w.queue,
+                                            task_id=job["task_id"])
+    label = f"sandbox_runner.task_id={job['task_id']}"
+    wait_for(lambda: any(c["State"] == "running" for c in containers(podman_ready, label)), 60, what="container")
+    assert value(samples(_scrape(port)), "sandbox_runner_containers_running") == 1
+    w.signal(9)
+    w.wait(timeout=30)
+    w.start()
+
+    def rerun_running() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        found = samples(_scrape(port))
+        key = ("sandbox_runner_containers_running", ())
+        return found if found.get(key) == 1 else None
+
+    found = wait_for(rerun_running, 60, interval=0.5, what="the redelivered job running")
+    assert value(found, "sandbox_runner_jobs_total", type="sr_test", status="job-offline") == 1
+    assert value(found, "sandbox_runner_work_root_reservations", root=str(work_root)) == 1
+    assert value(found, "sandbox_runner_work_root_reserved_bytes", root=str(work_root)) == parse_size("1MB")
