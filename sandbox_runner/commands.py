@@ -48,7 +48,12 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     outcome = runner.run(raw)
     emitter.close()
     if metrics is not None:
-        metrics.write_textfile(textfile, accumulate=True)  # after close: the spool backlog as it is left
+        from sandbox_runner.errors import ConfigError
+
+        try:
+            metrics.write_textfile(textfile, accumulate=True)  # after close: the spool backlog as it is left
+        except ConfigError as exc:  # the job has ended and its status is sent: say so, and still report it
+            print(f"sandbox-runner: warning: {exc}", file=sys.stderr)
     line = f"{outcome.status}: job {outcome.job_id}"
     if outcome.exit_code is not None:
         line += f" exit code {outcome.exit_code}"

@@ -166,6 +166,24 @@ def test_textfile_accumulates_runs_and_is_replaced_atomically(tmp_path: Path) ->
         metrics.write_textfile(tmp_path / "junk.prom", accumulate=True)
 
 
+def test_run_job_textfile_problems_are_reported_at_the_right_time(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A textfile path that can never work stops run-job before the job runs; one that breaks afterwards (not an
+    exposition) is a warning: the job has ended and its status was sent, so its outcome is still reported."""
+    from sandbox_runner.cli import main
+
+    monkeypatch.setenv("SANDBOX_RUNNER_WORK_ROOT", str(tmp_path / "work"))
+    monkeypatch.setenv("SANDBOX_RUNNER_MIN_FREE_PERCENT", "0")
+    job = write_job(tmp_path, make_job("/bin/echo hi"))
+    assert main(["run-job", str(job), "--backend", "fake", "--metrics-textfile", str(tmp_path / "m.txt")]) == 2
+    assert "must end in .prom" in capsys.readouterr().err and not (tmp_path / "work" / "jobs").exists()
+    junk = tmp_path / "junk.prom"
+    junk.write_text("this is {not prometheus\n")
+    assert main(["run-job", str(job), "--backend", "fake", "--metrics-textfile", str(junk)]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("job-completed") and "warning: metrics_textfile:" in out.err
+    assert junk.read_text() == "this is {not prometheus\n"  # never overwritten with a guess
+
+
 def test_spool_depth_and_undelivered_documents(tmp_path: Path) -> None:
     """A Redis nobody listens on: documents wait in the (real) spool and are counted there; with the spool dir
     unusable too they are lost, and counted as undelivered."""

@@ -47,14 +47,14 @@ class RunCommand:
         assert wd is not None and spec is not None and backend is not None
         info = ctx.job_info
 
+        running: list[int] = []  # the pid once started: counted in live.CONTAINERS_RUNNING until it exits
+
         def started(pid: int, container_id: str | None) -> None:
             if not running:
                 running.append(pid)
                 live.CONTAINERS_RUNNING.add(1)
             wd.write_text("_pid", f"{pid}\n")
             info["pid"] = pid
-
-        running: list[int] = []
 
         io = JobIO(stdout=wd.file("_stdout.txt"), stderr=wd.file("_stderr.txt"), on_start=started,
                    cancel=ctx.cancel)
