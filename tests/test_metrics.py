@@ -166,21 +166,30 @@ def test_textfile_accumulates_runs_and_is_replaced_atomically(tmp_path: Path) ->
         metrics.write_textfile(tmp_path / "junk.prom", accumulate=True)
 
 
-def test_run_job_textfile_problems_are_reported_at_the_right_time(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_run_job_textfile_problems_are_reported_at_the_right_time(tmp_path: Path) -> None:
     """A textfile path that can never work stops run-job before the job runs; one that breaks afterwards (not an
     exposition) is a warning: the job has ended and its status was sent, so its outcome is still reported."""
-    from sandbox_runner.cli import main
+    import subprocess
 
-    monkeypatch.setenv("SANDBOX_RUNNER_WORK_ROOT", str(tmp_path / "work"))
-    monkeypatch.setenv("SANDBOX_RUNNER_MIN_FREE_PERCENT", "0")
+    from conftest import VENV_BIN
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SANDBOX_RUNNER_MIN_FREE_PERCENT": "0"}
     job = write_job(tmp_path, make_job("/bin/echo hi"))
-    assert main(["run-job", str(job), "--backend", "fake", "--metrics-textfile", str(tmp_path / "m.txt")]) == 2
-    assert "must end in .prom" in capsys.readouterr().err and not (tmp_path / "work" / "jobs").exists()
+
+    def run_job(textfile: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VENV_BIN / "sandbox-runner"), "run-job", str(job), "--backend", "fake",
+                               "--metrics-textfile", str(textfile)], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    refused = run_job(tmp_path / "m.txt")
+    assert refused.returncode == 2 and "must end in .prom" in refused.stderr, refused.stderr
+    assert not (tmp_path / "work" / "jobs").exists()
     junk = tmp_path / "junk.prom"
     junk.write_text("this is {not prometheus\n")
-    assert main(["run-job", str(job), "--backend", "fake", "--metrics-textfile", str(junk)]) == 0
-    out = capsys.readouterr()
-    assert out.out.startswith("job-completed") and "warning: metrics_textfile:" in out.err
+    warned = run_job(junk)
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stdout.startswith("job-completed") and "warning: metrics_textfile:" in warned.stderr
     assert junk.read_text() == "this is {not prometheus\n"  # never overwritten with a guess
 
 
