@@ -297,6 +297,9 @@ def test_worker_serves_metrics_that_match_the_jobs_it_ran(start_worker, podman_r
                      SANDBOX_RUNNER_TRANSFER_BACKOFF="0.05")
     before = samples(_scrape(port))
     assert value(before, "sandbox_runner_drain_tripped") == 0
+    from sandbox_runner import __version__
+
+    assert value(before, "sandbox_runner_info", version=__version__, worker=w.name) == 1  # which worker this port is
     assert ("sandbox_runner_jobs_total", (("status", "job-completed"), ("type", "sr_test"))) not in before
 
     ok = make_job("sh -c 'ls -l a.bin b.bin'", localize_urls=[{"url": u} for u in urls])

@@ -82,9 +82,11 @@ def _dict(value: Any) -> dict[str, Any]:
 class JobMetrics:
     """The counts of one process (see the module docstring); a prometheus_client collector."""
 
-    def __init__(self, settings: Settings, *, drain: DrainGuard | None = None) -> None:
+    def __init__(self, settings: Settings, *, drain: DrainGuard | None = None, name: str | None = None) -> None:
         self.settings = settings
         self.drain = drain
+        #: who reports: the worker's name (``celery@<queue>.<NN>.<host>``), or None for run-job
+        self.name = name
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in COUNTERS}
         #: phase -> (cumulative count per bucket of BUCKETS, sum)
@@ -183,6 +185,12 @@ class JobMetrics:
         yield from self._gauges()
 
     def _gauges(self) -> Iterator[Metric]:
+        from sandbox_runner import __version__
+
+        info = GaugeMetricFamily("sandbox_runner_info", "Always 1: the version, and the worker that reports",
+                                 labels=["version", "worker"])
+        info.add_metric([__version__, self.name or ""], 1.0)
+        yield info
         running = GaugeMetricFamily("sandbox_runner_containers_running",
                                     "Job containers (or sandboxes) this process runs now")
         running.add_metric([], float(live.CONTAINERS_RUNNING.value))
@@ -348,7 +356,7 @@ class WorkerMetrics:
     """A worker's metrics: ``/metrics`` on ``settings.metrics_port`` and/or a textfile kept current."""
 
     def __init__(self, settings: Settings, emitter: Emitter, drain: DrainGuard | None = None) -> None:
-        self.metrics = JobMetrics(settings, drain=drain).attach(emitter)
+        self.metrics = JobMetrics(settings, drain=drain, name=emitter.hostname).attach(emitter)
         self.server: Any = None
         self.textfile = textfile_path(settings.metrics_textfile, emitter.hostname) \
             if settings.metrics_textfile is not None else None
