@@ -259,9 +259,9 @@ class JobRunner:
             wd.mark_done()
             self.emitter.job_info(job)
         elif isinstance(job.get("job_info"), dict):  # refused before its job dir: still say where the time went
-            metrics = job["job_info"].setdefault("metrics", {})
-            if isinstance(metrics, dict):
-                metrics["phases"] = phases.phase_durations(ctx)
+            # this run's metrics, as HySDS starts each run's afresh (what the job arrived with is not this run's)
+            job["job_info"]["metrics"] = {"inputs_localized": [], "products_staged": [], "job_dir_size": 0,
+                                          "usage_stats": [], "phases": phases.phase_durations(ctx)}
         self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
         ctx.notes["terminal_sent"] = True
         return JobOutcome(status=status, job_id=_text(job.get("job_id")), task_id=_text(job.get("task_id")),

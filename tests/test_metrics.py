@@ -133,13 +133,18 @@ def test_job_refused_at_admission_still_records_the_phases_that_ran(tmp_path: Pa
     job = make_job("/bin/echo hi")
     job["params"]["_disk_usage"] = "lots"
     del job["job_info"]["time_queued"]  # no time_queued: no queue_wait, rather than a guess
+    # what a job arrives with is not this run's (a resubmitted job's old figures must not be counted again)
+    job["job_info"]["metrics"] = {"inputs_localized": [{"url": "file:///old", "disk_usage": 10**9}]}
     outcome = runner.run(job)
     assert outcome.status == "job-failed" and outcome.job_dir is None
-    check_phases(terminal(sink.docs())["job"]["job_info"], want={"admission", "close_up"})
+    info = terminal(sink.docs())["job"]["job_info"]
+    check_phases(info, want={"admission", "close_up"})
+    assert info["metrics"]["inputs_localized"] == [] and info["metrics"]["job_dir_size"] == 0
     found = samples(metrics.exposition().decode())
     assert value(found, "sandbox_runner_jobs_total", type="sr_test", status="job-failed") == 1
     assert value(found, "sandbox_runner_job_phase_seconds_count", phase="admission") == 1
     assert ("sandbox_runner_job_phase_seconds_count", (("phase", "command"),)) not in found
+    assert value(found, "sandbox_runner_localized_bytes_total") == 0
 
 
 def test_textfile_accumulates_runs_and_is_replaced_atomically(tmp_path: Path) -> None:
