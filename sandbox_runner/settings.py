@@ -95,6 +95,11 @@ class Settings:
     #: worker documents (worker-online/-heartbeat/-offline, process_events' shape) on the status Redis: "on", or
     #: "off" where mozart's process_events runs and already writes them from Celery's own worker events
     worker_documents: str = "on"
+    #: Prometheus: serve ``/metrics`` on this port (None = off) and address; write the same metrics to this
+    #: node_exporter textfile (``*.prom``, or a directory for ``<worker name>.prom``; None = off)
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
+    metrics_textfile: Path | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -168,6 +173,9 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
     "SANDBOX_RUNNER_WORKER_DOCUMENTS": "worker_documents",
+    "SANDBOX_RUNNER_METRICS_PORT": "metrics_port",
+    "SANDBOX_RUNNER_METRICS_ADDR": "metrics_addr",
+    "SANDBOX_RUNNER_METRICS_TEXTFILE": "metrics_textfile",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
@@ -211,6 +219,8 @@ def _checked(settings: Settings) -> Settings:
             or settings.drain_threshold < 1:
         raise ConfigError("heartbeat_interval, lease_ttl and drain_window must be > 0 and drain_threshold >= 1",
                           field="worker")
+    if settings.metrics_port is not None and not 0 <= settings.metrics_port < 65536:
+        raise ConfigError(f"{settings.metrics_port} is not a TCP port (0-65535)", field="metrics_port")
     if settings.progress not in ("auto", "always", "never"):
         raise ConfigError(f"unknown progress mode {settings.progress!r} (auto, always, never)", field="progress")
     if settings.worker_documents not in ("on", "off"):

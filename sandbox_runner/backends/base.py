@@ -102,6 +102,9 @@ class JobIO:
     stderr: Path
     on_start: Callable[[int, str | None], None] = lambda pid, cid: None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: seconds spent so far in the backend's own phases (``image_load``, ``container_start``), filled in as
+    #: they happen so a run that fails still tells; also returned as ``RunResult.phases``
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class RunResult:
     #: runtime refused): a whole sentence with the engine's own reason. The job then fails with it rather than
     #: with HySDS's "Got non-zero exit code", which is kept for a command that ran and exited non-zero.
     engine_error: str | None = None
+    #: the backend's own phases in seconds (see ``JobIO.phases``); empty for a backend that has none
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 class Backend(Protocol):

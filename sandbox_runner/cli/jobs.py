@@ -26,7 +26,8 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_runner.job.runner import JobRunner
 
     settings = settings.with_overrides(work_root=args.work_root, backend=args.backend, redis_url=args.redis_url,
-                                       worker_cfg=args.worker_cfg, datasets_cfg=args.datasets_cfg)
+                                       worker_cfg=args.worker_cfg, datasets_cfg=args.datasets_cfg,
+                                       metrics_textfile=getattr(args, "metrics_textfile", None))
     try:
         raw: bytes | dict[str, Any] = _read_job(args.job)
     except OSError as exc:
@@ -41,8 +42,21 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
         spec = runner.plan(raw)
         print(json.dumps(dry_run_document(settings, spec), indent=2))
         return EXIT_OK
+    metrics = None
+    if settings.metrics_textfile is not None:  # imported only then: prometheus_client costs start-up
+        from sandbox_runner.metrics.prom import JobMetrics, textfile_path
+
+        textfile = textfile_path(settings.metrics_textfile, "sandbox_runner_run_job")
+        metrics = JobMetrics(settings).attach(emitter)
     outcome = runner.run(raw)
     emitter.close()
+    if metrics is not None:
+        from sandbox_runner.errors import ConfigError
+
+        try:
+            metrics.write_textfile(textfile, accumulate=True)  # after close: the spool backlog as it is left
+        except ConfigError as exc:  # the job has ended and its status is sent: say so, and still report it
+            print(f"sandbox-runner: warning: {exc}", file=sys.stderr)
     line = f"{outcome.status}: job {outcome.job_id}"
     if outcome.exit_code is not None:
         line += f" exit code {outcome.exit_code}"

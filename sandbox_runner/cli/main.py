@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-cfg", type=Path, help="worker config [HYSDS_WORKER_CFG]")
     run.add_argument("--datasets-cfg", type=Path, help="datasets.json [HYSDS_DATASETS_CFG]")
     run.add_argument("--dry-run", action="store_true", help="print the container spec and mounts; run nothing")
+    run.add_argument("--metrics-textfile", type=Path, metavar="PATH",
+                     help="add this job's counts to a node_exporter textfile (*.prom, or a directory) "
+                          "[SANDBOX_RUNNER_METRICS_TEXTFILE]")
 
     val = sub.add_parser("validate", help="tell the kind of each HySDS file and whether it is valid; a "
                          "job-spec.json.X and hysds-io.json.X side by side must name the same params")
@@ -62,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("-n", "--name", help="full worker name instead of the convention")
     wk.add_argument("--pidfile", type=Path, help="write the worker's pid here")
     wk.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    wk.add_argument("--metrics-port", type=int, metavar="N",
+                    help="serve Prometheus /metrics on this port (default off) [SANDBOX_RUNNER_METRICS_PORT]")
+    wk.add_argument("--metrics-textfile", type=Path, metavar="PATH",
+                    help="keep a node_exporter textfile current (*.prom, or a directory) "
+                         "[SANDBOX_RUNNER_METRICS_TEXTFILE]")
 
     wks = sub.add_parser("workers", help="list workers from their events: online, lost (missed beats), offline")
     wks.add_argument("--redis-url", help="[SANDBOX_RUNNER_REDIS_URL]")

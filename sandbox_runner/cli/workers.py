@@ -36,6 +36,13 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         name = str(first_free_name(queues[0], lock_dir))
     if not hold_name(name, lock_dir):
         raise ConfigError(f"another worker named {name} is running on this host", field="instance")
+    import os
+
+    # the worker's settings are read again by celery_app (a plain `celery worker` reads only those): pass ours on
+    for var, value in (("SANDBOX_RUNNER_METRICS_PORT", getattr(args, "metrics_port", None)),
+                       ("SANDBOX_RUNNER_METRICS_TEXTFILE", getattr(args, "metrics_textfile", None))):
+        if value is not None:
+            os.environ[var] = str(value)
     from sandbox_runner.celery_app import app
 
     argv = ["worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "-n", name,

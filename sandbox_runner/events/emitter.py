@@ -6,6 +6,7 @@ Each document is logged through structlog (for humans and log shippers) and push
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,9 @@ class Emitter:
         self.job_info_key = job_info_key
         self.status_expires = status_expires
         self.log = structlog.get_logger("sandbox_runner")
+        #: called as ``(key, doc, delivered)`` after each document is pushed (the worker's metrics count from
+        #: these, so they see exactly what the job tracker sees); an observer's error is logged, never raised
+        self.observers: list[Callable[[str, dict[str, Any], bool], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, root: Path, *, name: str | None = None,
@@ -70,11 +74,17 @@ class Emitter:
             doc.setdefault(name, value)
         try:
             (sink or self.sink).push(key, doc, status=status)
-            return True
+            delivered = True
         except EventSinkError as exc:
             self.log.error("event not delivered", error=str(exc), doc_type=doc.get("type"),
                            status=doc.get("status"))
-            return False
+            delivered = False
+        for observe in self.observers:
+            try:
+                observe(key, doc, delivered)
+            except Exception as exc:  # counting must never cost a job its status
+                self.log.error("event observer failed", error=f"{type(exc).__name__}: {exc}")
+        return delivered
 
     def job_status(
         self,

@@ -28,6 +28,7 @@ from sandbox_runner.job.steps.base import JobContext, Step
 from sandbox_runner.job.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.job.steps.prepare import ResolveJob
 from sandbox_runner.job.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
+from sandbox_runner.metrics import phases
 from sandbox_runner.settings import Settings
 from sandbox_runner.workroot import WorkRoot
 
@@ -139,13 +140,15 @@ class JobRunner:
                 if failure is not None:  # for post steps that report it (the triage bundle says why)
                     ctx.notes.setdefault("failure", str(failure))
                 try:
-                    step.run(ctx)
+                    with phases.timed(ctx, step.name):  # each step timed here, once (job_info.metrics.phases)
+                        step.run(ctx)
                 except SandboxRunnerError as exc:
                     failure = failure or exc
                 except RecursionError:  # a dict job (Celery decoded it) nested deeper than Python can walk
                     failure = failure or JobFormatError("the job is nested too deeply to read", source="job")
                 except Exception as exc:  # a bug: still one job-failed, with the traceback for machines
                     failure = failure or exc
+            ctx.notes[phases.CLOSE_NOTE] = time.monotonic()
             try:
                 return self._close(ctx, failure)
             except Exception as exc:  # last guard: the close-up itself broke; the job still gets its status
@@ -235,9 +238,14 @@ class JobRunner:
             if ctx.result is None and not (wd.file("_exit_code")).exists():
                 wd.write_text("_exit_code", f"{info['status']}\n")
             refresh_context(ctx)
+            info["metrics"]["phases"] = phases.phase_durations(ctx)
             wd.write_json("_job.json", job)
             wd.mark_done()
             self.emitter.job_info(job)
+        elif isinstance(job.get("job_info"), dict):  # refused before its job dir: still say where the time went
+            # this run's metrics, as HySDS starts each run's afresh (what the job arrived with is not this run's)
+            job["job_info"]["metrics"] = {"inputs_localized": [], "products_staged": [], "job_dir_size": 0,
+                                          "usage_stats": [], "phases": phases.phase_durations(ctx)}
         self.emitter.job_status(job, status, error=error, traceback=trace, **extra)
         ctx.notes["terminal_sent"] = True
         return JobOutcome(status=status, job_id=_text(job.get("job_id")), task_id=_text(job.get("task_id")),

@@ -40,6 +40,7 @@ log = structlog.get_logger("sandbox_runner.worker")
 
 _service: WorkerService | None = None
 _heart: Heart | None = None
+_metrics: Any = None  # metrics.prom.WorkerMetrics when --metrics-port / --metrics-textfile is on
 
 
 def current_service() -> WorkerService:
@@ -158,6 +159,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}
     emitter = Emitter.from_settings(settings, settings.node_root, name=name, fields=fields)
+    _start_metrics(settings, emitter)  # before reconcile: its job-offline documents count, a taken port stops us
     guard = LeaseGuard(settings.redis_url, name, settings.lease_ttl, settings.status_expires) \
         if settings.redis_url else None
     done = reconcile(settings, emitter, guard, use_podman=settings.backend == "podman")
@@ -177,6 +179,8 @@ def boot(base: Settings, w: Any) -> WorkerService:
     _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
                                        on_exhausted=free_the_allocation)
     install_signal_handlers(service)
+    if _metrics is not None:
+        _metrics.metrics.drain = service.drain
     _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues, clock=w.app.clock.forward,
                    enabled=settings.worker_documents == "on")
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
@@ -185,9 +189,18 @@ def boot(base: Settings, w: Any) -> WorkerService:
     return service
 
 
+def _start_metrics(settings: Settings, emitter: Emitter) -> None:
+    global _metrics
+    if settings.metrics_port is None and settings.metrics_textfile is None:
+        return  # prometheus_client is not even imported
+    from sandbox_runner.metrics.prom import WorkerMetrics
+
+    _metrics = WorkerMetrics(settings, emitter)
+
+
 def shutdown(**_: Any) -> None:
     """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
-    global _service, _heart
+    global _service, _heart, _metrics
     heart, service, _heart, _service = _heart, _service, None, None
     _stop_serving_jobs()
     if heart is None or service is None:
@@ -197,3 +210,6 @@ def shutdown(**_: Any) -> None:
     heart.send("worker-offline")
     service.close()
     service.emitter.close()
+    if _metrics is not None:
+        metrics, _metrics = _metrics, None
+        metrics.close()

@@ -61,7 +61,7 @@ def start_worker(podman_ready: Worker, run_dir: Path, work_root: Path, redis_url
 
     def start(broker_url: str, *, queue: str | None = None, concurrency: int = 1, instance: int = 1,
               events_redis: str | None = None, wait: bool = True, plain_celery: bool = False,
-              **extra: str) -> WorkerProc:
+              args: tuple[str, ...] = (), **extra: str) -> WorkerProc:
         env = podman_ready.env(**{  # extra may override any of these (an empty value unsets it)
             "SANDBOX_RUNNER_WORK_ROOT": str(work_root), "SANDBOX_RUNNER_REDIS_URL": events_redis or redis_url,
             "SANDBOX_RUNNER_STATUS_KEY": status_key, "SANDBOX_RUNNER_JOB_INFO_KEY": status_key,
@@ -69,7 +69,7 @@ def start_worker(podman_ready: Worker, run_dir: Path, work_root: Path, redis_url
             "SANDBOX_RUNNER_HEARTBEAT_INTERVAL": "1", "SANDBOX_RUNNER_STOP_GRACE": "2",
             "SANDBOX_RUNNER_LEASE_TTL": "3", "SANDBOX_RUNNER_MIN_FREE_PERCENT": "0", **extra})
         proc = WorkerProc(podman_ready, queue or f"srq-{uuid.uuid4().hex[:8]}", env, run_dir,
-                          instance=instance, concurrency=concurrency, plain_celery=plain_celery)
+                          instance=instance, concurrency=concurrency, plain_celery=plain_celery, args=args)
         started.append(proc)
         return proc.start(wait=wait)
 

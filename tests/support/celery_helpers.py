@@ -84,6 +84,8 @@ class WorkerProc:
     instance: int = 1
     concurrency: int = 1
     plain_celery: bool = False
+    #: more ``sandbox-runner worker`` options (``--metrics-port N``...)
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
     pidfile: Path = field(init=False)
@@ -104,7 +106,7 @@ class WorkerProc:
         out.write(f"\n===== start {self.starts} =====\n".encode())
         out.flush()
         argv = ["sandbox-runner", "worker", "-Q", self.queue, "-c", str(self.concurrency), "-i", str(self.instance),
-                "--pidfile", str(self.pidfile)]
+                "--pidfile", str(self.pidfile), *self.args]
         if self.plain_celery:  # what an operator may run instead: Celery's own command line, our app
             argv = ["celery", "-A", "sandbox_runner.celery_app", "worker", "-Q", self.queue, "-c",
                     str(self.concurrency), "-n", f"{self.queue}.{self.instance:02d}.%h", "--pidfile", str(self.pidfile),

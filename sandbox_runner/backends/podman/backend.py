@@ -57,6 +57,10 @@ CANCEL_TICK = 0.2
 _EXEC_FAILURES = {"command that was not found": 127, "OCI permission denied": 126}
 
 
+def _add(phases: dict[str, float], name: str, seconds: float) -> None:
+    phases[name] = phases.get(name, 0.0) + max(0.0, seconds)
+
+
 def _limits_unenforced() -> bool:
     """Rootless podman on cgroups v1 (no unified hierarchy) accepts memory/cpu/pids limits and silently drops
     them (measured here: memory.limit_in_bytes stays unlimited). A local check: the service runs on this host."""
@@ -154,10 +158,15 @@ class PodmanBackend:
         if "resource_limits" in body and _limits_unenforced():
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
         for attempt in range(3):
-            cid = self._create(body, spec)  # starts the service if need be, and loads the main image
+            t0, loaded = time.monotonic(), io.phases.get("image_load", 0.0)
+            cid = self._create(body, spec, io.phases)  # starts the service if need be, and loads the main image
+            loaded = io.phases["image_load"] - loaded
+            _add(io.phases, "container_start", time.monotonic() - t0 - loaded)
             try:
-                if attempt == 0:
+                if attempt == 0 and spec.dependencies:
+                    t0 = time.monotonic()
                     self._ensure_dependencies(spec)
+                    _add(io.phases, "image_load", time.monotonic() - t0)
                 return self._run(cid, spec, io)
             except BackendError as exc:
                 self._remove(cid)  # podman's auto-removal needs the container to have run and exited
@@ -195,8 +204,10 @@ class PodmanBackend:
             finally:
                 os.close(fd)
 
-    def _create(self, body: dict[str, Any], spec: ContainerSpec) -> str:
+    def _create(self, body: dict[str, Any], spec: ContainerSpec, phases: dict[str, float] | None = None) -> str:
         tried: set[str] = set()  # each remedy at most once
+        phases = {} if phases is None else phases
+        phases.setdefault("image_load", 0.0)
         while True:
             try:
                 sock = socket_path(self.socket_url)
@@ -215,7 +226,11 @@ class PodmanBackend:
                 if "image" not in tried and (exc.status == 404 or "image not known" in exc.message):
                     tried.add("image")
                     assert spec.image is not None  # build_create_body refused image-less specs
-                    ensure_image(self.api, spec.image, spec.image_url, self.image_cache, pull=self.pull)
+                    t0 = time.monotonic()
+                    try:
+                        ensure_image(self.api, spec.image, spec.image_url, self.image_cache, pull=self.pull)
+                    finally:
+                        _add(phases, "image_load", time.monotonic() - t0)
                 elif "name" not in tried and "already in use" in exc.message and self._remove_stale(spec.name):
                     tried.add("name")
                 elif KEEPID_RACE in exc.message and len(tried) < 8:
@@ -248,7 +263,7 @@ class PodmanBackend:
 
     def _run(self, cid: str, spec: ContainerSpec, io: JobIO) -> RunResult:
         with open(io.stdout, "wb") as out, open(io.stderr, "wb") as err:
-            started = time.time()
+            started, t0 = time.time(), time.monotonic()
             try:
                 stream = self.api.open(
                     "POST", f"/containers/{cid}/attach", params={"stream": True, "stdout": True, "stderr": True},
@@ -262,11 +277,14 @@ class PodmanBackend:
                 started = time.time()
                 self.api.call("POST", f"/containers/{cid}/start", what="start")
             except APIError as exc:
+                _add(io.phases, "container_start", time.monotonic() - t0)
                 code = next((c for text, c in _EXEC_FAILURES.items() if text in exc.message), None)
                 if code is None:
                     raise BackendError(f"{START_FAILED}{exc.message}") from None
                 err.write(f"podman: {exc.message}\n".encode())
-                return RunResult(code, 0, started, time.time(), cid, None, engine_error=f"{START_FAILED}{exc.message}")
+                return RunResult(code, 0, started, time.time(), cid, None, engine_error=f"{START_FAILED}{exc.message}",
+                                 phases=dict(io.phases))
+            _add(io.phases, "container_start", time.monotonic() - t0)
             pid = int((info.get("State") or {}).get("Pid") or 0)
             io.on_start(pid, cid)
             self._follow(cid, spec, io, follower)
@@ -276,7 +294,7 @@ class PodmanBackend:
                 raise BackendError(f"lost track of the job's container: {follower.error}") from None
             assert follower.exit_code is not None
         return RunResult(follower.exit_code, pid, started, time.time(), cid, info.get("Image"),
-                         engine_error=_init_exec_failure(follower.exit_code, io, spec))
+                         engine_error=_init_exec_failure(follower.exit_code, io, spec), phases=dict(io.phases))
 
     def _follow(self, cid: str, spec: ContainerSpec, io: JobIO, follower: Follower) -> None:
         """Block until the job has exited; stop it if ``io.cancel`` gets set meanwhile."""

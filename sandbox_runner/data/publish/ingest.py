@@ -50,6 +50,7 @@ class _Put:
     start: str = ""
     end: str = ""
     size: int = 0
+    files: int = 0
     images: list[str] = field(default_factory=list)
 
 
@@ -122,6 +123,7 @@ def _put_one(ctx: JobContext, put: _Put, transfers: Transfers, force: bool) -> N
     (p.path / f"{p.id}.context.json").write_text(json.dumps(context, indent=2, sort_keys=True, default=str))
     files = _files(p.path, job_dir)
     put.size = sum(src.stat().st_size for src, _ in files)
+    put.files = len(files)
     put.images = [rel for _, rel in files if rel.endswith("browse.png")]
     if p.publish_location:
         record = job_dir / f".pub_context-{p.id}.json"
@@ -184,7 +186,9 @@ def _report(ctx: JobContext, put: _Put) -> dict[str, Any]:
     if p.index:
         doc["index"] = p.index
     doc.update(p.dataset_json)
-    metric = {"path": str(p.path), "disk_usage": put.size, "time_start": put.start, "time_end": put.end,
+    # "files" is ours (HySDS's entry has none): the worker's metrics count files published from it
+    metric = {"path": str(p.path), "disk_usage": put.size, "files": put.files, "time_start": put.start,
+              "time_end": put.end,
               "duration": duration, "transfer_rate": put.size / duration, "id": p.id, "urls": p.publish_urls,
               "browse_urls": p.browse_urls, "dataset": p.dataset, "ipath": p.ipath, "system_version": p.version,
               "dataset_level": p.level, "dataset_type": p.type, "index": p.index}

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sandbox_runner.data.transfer.digests import Digests
 from sandbox_runner.errors import TransferError
+from sandbox_runner.metrics import live
 
 #: called with a byte count as bytes arrive (the progress display); must be cheap and thread-safe
 OnBytes = Callable[[int], None]
@@ -135,7 +136,9 @@ class FileSink:
 
 
 def backoff_delay(attempt: int, base: float, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: concurrent jobs hitting one sick server do not retry in step."""
+    """Exponential backoff with full jitter: concurrent jobs hitting one sick server do not retry in step.
+    Every transport calls it exactly once per retry, so it is also where retries are counted."""
+    live.TRANSFER_RETRIES.add(1)
     return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
 
 

@@ -12,6 +12,7 @@ from sandbox_runner.errors import CommandFailed, EngineFailed, SandboxRunnerErro
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.job.steps import registry
 from sandbox_runner.job.steps.base import JobContext
+from sandbox_runner.metrics import live, phases
 
 log = structlog.get_logger("sandbox_runner")
 
@@ -21,7 +22,8 @@ def _run_named(ctx: JobContext, names: list[str], kind: str) -> None:
         func = registry.load(name)
         log.debug(f"{kind}-step", step=name, job_id=ctx.job.get("job_id"))
         try:
-            func(ctx)
+            with phases.timed(ctx, f"{kind}:{name}"):
+                func(ctx)
         except SandboxRunnerError:
             raise
         except Exception as exc:  # a step's own bug or a foreign error: name the step, keep the worker alive
@@ -45,7 +47,12 @@ class RunCommand:
         assert wd is not None and spec is not None and backend is not None
         info = ctx.job_info
 
+        running: list[int] = []  # the pid once started: counted in live.CONTAINERS_RUNNING until it exits
+
         def started(pid: int, container_id: str | None) -> None:
+            if not running:
+                running.append(pid)
+                live.CONTAINERS_RUNNING.add(1)
             wd.write_text("_pid", f"{pid}\n")
             info["pid"] = pid
 
@@ -61,6 +68,10 @@ class RunCommand:
         finally:
             info["cmd_end"] = iso_now()
             info["cmd_duration"] = time.time() - t0
+            if running:
+                live.CONTAINERS_RUNNING.add(-1)
+            # the backend's image load and start: from its result, or as far as it got when it raised
+            ctx.notes[phases.BACKEND_NOTE] = {**io.phases, **(ctx.result.phases if ctx.result is not None else {})}
         wd.write_text("_exit_code", f"{result.exit_code}\n")
         info.update({"status": result.exit_code, "pid": result.pid, "stdout": "", "stderr": ""})
         if result.image_id:
