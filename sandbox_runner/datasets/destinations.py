@@ -24,9 +24,8 @@ from typing import Any, Protocol
 
 from sandbox_runner.errors import NoClobberError, PublishError, TransferError
 from sandbox_runner.redact import redact_url
-from sandbox_runner.transfer import Transfers, scheme_of
+from sandbox_runner.transfer import Transfers, child, scheme_of
 from sandbox_runner.transfer.local import clone_file, url_path
-from sandbox_runner.transfer.webdav import child
 
 RECORD = "_publish.context.json"
 Files = list[tuple[Path, str]]  # (local file, path inside the dataset)

@@ -24,10 +24,6 @@ def http_url(url: str) -> str:
     return {"dav": "http", "davs": "https"}.get(scheme, scheme) + "://" + rest
 
 
-def child(url: str, name: str) -> str:
-    return url.rstrip("/") + "/" + urllib.parse.quote(name)
-
-
 class WebDav:
     def __init__(self, settings: Settings, client: httpx.Client | None = None) -> None:
         self.settings = settings
