@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox_runner.cache import Cache
 from sandbox_runner.errors import IntegrityError, JobFormatError
-from sandbox_runner.localizer import Item, Localizer, url_basename
 from sandbox_runner.steps.base import JobContext
-from sandbox_runner.transfer import Transfers, scheme_of
+from sandbox_runner.transfer import scheme_of
 from sandbox_runner.transfer.digests import file_digests, read_sidecar, sidecar_algo
-from sandbox_runner.transfer.progress import Progress
+
+if TYPE_CHECKING:
+    from sandbox_runner.localizer import Item
+
+# The localize engine (localizer, cache, transfers, progress) is imported only by a job that has URLs to fetch:
+# this step runs for every job, and most have none (~8 ms of every job's start-up, benchmarks/job_overhead.py).
 
 LOCALIZED = ".localized"
 
@@ -30,6 +33,8 @@ def cache_root(ctx: JobContext) -> Path:
 
 
 def _target(job_dir: Path, url: str, local_path: Any, where: str) -> Path:
+    from sandbox_runner.localizer import url_basename
+
     name = url_basename(url)
     if local_path in (None, ""):
         rel = Path(name)
@@ -52,9 +57,14 @@ def _target(job_dir: Path, url: str, local_path: Any, where: str) -> Path:
 
 
 def plan(ctx: JobContext) -> list[Item]:
+    entries = ctx.job.get("localize_urls") or []
+    if not entries:
+        return []
+    from sandbox_runner.localizer import Item
+
     job_dir = ctx.job_dir
     items = []
-    for i, entry in enumerate(ctx.job.get("localize_urls") or []):
+    for i, entry in enumerate(entries):
         where = f"localize_urls[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"]:
             raise JobFormatError("each entry needs a 'url' string", field=where)
@@ -82,6 +92,11 @@ def localize_urls(ctx: JobContext) -> None:
     items = plan(ctx)
     if not items:
         return
+    from sandbox_runner.cache import Cache
+    from sandbox_runner.localizer import Localizer
+    from sandbox_runner.transfer import Transfers
+    from sandbox_runner.transfer.progress import Progress
+
     settings = ctx.settings
     transfers = Transfers(settings)
     progress = Progress.for_mode(settings.progress, "localize", len(items))
