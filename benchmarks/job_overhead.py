@@ -136,6 +136,11 @@ def main() -> None:
         for job_file in (work / "root" / "jobs").rglob("_job.json"):
             doc = json.loads(job_file.read_text())
             kind = "default" if doc["job_id"].startswith("bench-dflt-") else "stripped"
+            # honest sides: the default pipeline's publish step wrote _datasets.json, the stripped one ran none
+            published = (job_file.parent / "_datasets.json").exists()
+            if published != (kind == "default") or doc["job_info"]["status"] != 0:
+                sys.exit(f"{job_file.parent}: not the {kind} pipeline's trivial job (status "
+                         f"{doc['job_info']['status']}, _datasets.json written: {published})")
             in_runner[kind].append(doc["job_info"]["metrics"]["worker_overhead"])
     load_after = os.getloadavg()
     total = {side: [t for t, _ in runs] for side, runs in sides.items()}
