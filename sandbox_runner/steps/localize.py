@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox_runner.errors import IntegrityError, JobFormatError
 from sandbox_runner.steps.base import JobContext
-from sandbox_runner.transfer import scheme_of
-from sandbox_runner.transfer.digests import file_digests, read_sidecar, sidecar_algo
 
 if TYPE_CHECKING:
     from sandbox_runner.localizer import Item
 
-# The localize engine (localizer, cache, transfers, progress) is imported only by a job that has URLs to fetch:
-# this step runs for every job, and most have none (~8 ms of every job's start-up, benchmarks/job_overhead.py).
+# The localize engine (localizer, cache, transports, digests, progress) is imported only by a job that has URLs
+# to fetch: these steps run for every job, and most have none (~8 ms of every job; benchmarks/job_overhead.py).
 
 LOCALIZED = ".localized"
 
@@ -61,6 +59,7 @@ def plan(ctx: JobContext) -> list[Item]:
     if not entries:
         return []
     from sandbox_runner.localizer import Item
+    from sandbox_runner.transfer import scheme_of
 
     job_dir = ctx.job_dir
     items = []
@@ -79,6 +78,8 @@ def plan(ctx: JobContext) -> list[Item]:
 
 def _expectations(items: list[Item]) -> dict[Path, dict[str, str]]:
     """data file -> {algo: expected hex} from the checksum files already in the job dir."""
+    from sandbox_runner.transfer.digests import read_sidecar, sidecar_algo
+
     out: dict[Path, dict[str, str]] = {}
     for item in items:
         algo = sidecar_algo(item.dest.name)
@@ -95,6 +96,7 @@ def localize_urls(ctx: JobContext) -> None:
     from sandbox_runner.cache import Cache
     from sandbox_runner.localizer import Localizer
     from sandbox_runner.transfer import Transfers
+    from sandbox_runner.transfer.digests import sidecar_algo
     from sandbox_runner.transfer.progress import Progress
 
     settings = ctx.settings
@@ -136,6 +138,10 @@ def validate_checksum_files(ctx: JobContext) -> None:
     verified = set(notes.get("verified", []))
     # the paths localize wrote (re-planning now would see the directories it created and append basenames)
     paths = [Path(p) for p in notes["paths"]] if "paths" in notes else [i.dest for i in plan(ctx)]
+    if not paths:
+        return
+    from sandbox_runner.transfer.digests import file_digests, read_sidecar, sidecar_algo
+
     bad = []
     for dest in paths:
         files = sorted(p for p in dest.iterdir() if p.is_file()) if dest.is_dir() else [dest]
