@@ -86,15 +86,17 @@ def container_spans(since: float) -> dict[str, float]:
     return {name: t["died"] - t["create"] for name, t in seen.items() if "create" in t and "died" in t}
 
 
-def span_of(spans: dict[str, float], prefix: str) -> float:
+def span_of(spans: dict[str, float], prefix: str) -> float | None:
+    """The span of the one container named ``prefix``*; None when podman's events lost it (the events file is
+    rotated when it grows: the machine's other podman users write to it too)."""
     found = [s for name, s in spans.items() if name.startswith(prefix)]
-    if len(found) != 1:
+    if len(found) > 1:
         sys.exit(f"expected one container named {prefix}*, podman's events have {len(found)}")
-    return found[0]
+    return found[0] if found else None
 
 
 def med_ms(values: list[float]) -> float:
-    return statistics.median(values) * 1000
+    return statistics.median(values) * 1000 if values else float("nan")
 
 
 def main() -> None:
@@ -120,10 +122,11 @@ def main() -> None:
         timed([*ours_cmd, str(job_json(work, default=False)[0])], env)
         timed(bare(True)[0], env)
         timed(bare(False)[0], env)
-        since = time.time()
         sides: dict[str, list[tuple[float, str]]] = {"default": [], "stripped": [], "local": [], "remote": []}
         start = []
+        spans: dict[str, float] = {}
         for _ in range(args.n):
+            since = time.time()
             for side in ("default", "stripped"):
                 path, job_id = job_json(work, default=side == "default")
                 sides[side].append((timed([*ours_cmd, str(path)], env), f"sr-{job_id}-"))
@@ -131,7 +134,7 @@ def main() -> None:
                 argv, name = bare(side == "remote")
                 sides[side].append((timed(argv, env), name))
             start.append(timed([str(REPO / ".venv/bin/sandbox-runner"), "--version"], env))
-        spans = container_spans(since)
+            spans.update(container_spans(since))  # each round's now, before a rotation of the events file
         in_runner: dict[str, list[float]] = {"default": [], "stripped": []}
         for job_file in (work / "root" / "jobs").rglob("_job.json"):
             doc = json.loads(job_file.read_text())
@@ -144,7 +147,10 @@ def main() -> None:
             in_runner[kind].append(doc["job_info"]["metrics"]["worker_overhead"])
     load_after = os.getloadavg()
     total = {side: [t for t, _ in runs] for side, runs in sides.items()}
-    outside = {side: [t - span_of(spans, name) for t, name in runs] for side, runs in sides.items()}
+    outside: dict[str, list[float]] = {}
+    for side, runs in sides.items():
+        found = [(t, span_of(spans, name)) for t, name in runs]
+        outside[side] = [t - span for t, span in found if span is not None]
     base = med_ms(total["local"])
     print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}, {os.uname().sysname} {os.uname().release}; "
           f"n={args.n}; user={pwd.getpwuid(os.getuid()).pw_name}; load avg before {load_before[0]:.2f}, "
@@ -155,8 +161,9 @@ def main() -> None:
             ("remote", "bare podman --remote run --rm"))
     print(f"{'':44} {'median':>9} {'ratio':>7}   outside the container (total - podman create->died)")
     for side, label in rows:
+        lost = "" if len(outside[side]) == args.n else f" (podman's events for {len(outside[side])} of {args.n})"
         print(f"{label:44} {med_ms(total[side]):6.1f} ms {med_ms(total[side]) / base:6.2f}x   "
-              f"{med_ms(outside[side]):6.1f} ms")
+              f"{med_ms(outside[side]):6.1f} ms{lost}")
     print(f"interpreter start (--version)                {med_ms(start):6.1f} ms")
     for side in ("default", "stripped"):
         print(f"runner's own time outside the container, {side} pipeline (job_info.metrics.worker_overhead): "
