@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-job overhead: ``sandbox-runner run-job`` against a bare ``podman run --rm`` of the same container.
 
-Times, in the same run and interleaved so drift hits every side equally, N trivial jobs (busybox ``true``):
+Times N trivial jobs (busybox ``true``) in the same run, interleaved in a shuffled order each round so drift
+hits every side equally:
 
 - the **default pipeline**: the job as a user writes it, so the default pre and post steps run (localize,
   mark/validate checksums, publish, with nothing to move) -- what a user's trivial job costs;
@@ -27,6 +28,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import random
 import socket
 import statistics
 import subprocess
@@ -127,12 +129,15 @@ def main() -> None:
         spans: dict[str, float] = {}
         for _ in range(args.n):
             since = time.time()
-            for side in ("default", "stripped"):
-                path, job_id = job_json(work, default=side == "default")
-                sides[side].append((timed([*ours_cmd, str(path)], env), f"sr-{job_id}-"))
-            for side in ("local", "remote"):
-                argv, name = bare(side == "remote")
-                sides[side].append((timed(argv, env), name))
+            order = list(sides)
+            random.shuffle(order)  # no side always first after the --version run, or always after another
+            for side in order:
+                if side in ("default", "stripped"):
+                    path, job_id = job_json(work, default=side == "default")
+                    sides[side].append((timed([*ours_cmd, str(path)], env), f"sr-{job_id}-"))
+                else:
+                    argv, name = bare(side == "remote")
+                    sides[side].append((timed(argv, env), name))
             start.append(timed([str(REPO / ".venv/bin/sandbox-runner"), "--version"], env))
             spans.update(container_spans(since))  # each round's now, before a rotation of the events file
         in_runner: dict[str, list[float]] = {"default": [], "stripped": []}
