@@ -14,6 +14,7 @@ import httpx
 from sandbox_runner.errors import TransferError
 from sandbox_runner.redact import redact_url
 from sandbox_runner.settings import Settings
+from sandbox_runner.transfer import child as child  # re-exported: it was defined here before
 from sandbox_runner.transfer.base import backoff_delay, wait_or_cancel
 from sandbox_runner.transfer.http import RETRY_STATUS, make_client
 
