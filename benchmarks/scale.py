@@ -157,7 +157,8 @@ def main() -> None:
           f"user={pwd.getpwuid(os.getuid()).pw_name}; "
           f"load avg before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"sent {args.jobs} jobs in {t_sent - t0:.2f} s; all ended {last - t0:.1f} s after the first send")
-    print(f"throughput: {per_min:.1f} jobs/min (first send_task to last job-completed seen on Redis)")
+    bound = f"; bounded by --rate {args.rate:g}/s = {args.rate * 60:.0f}/min" if args.rate > 0 else ""
+    print(f"throughput: {per_min:.1f} jobs/min (first send_task to last job-completed seen on Redis{bound})")
     print(f"bare podman run --rm (local CLI), {parallel} at a time, {args.baseline} runs: {bare_per_min:.1f} jobs/min"
           f"   ratio {per_min / bare_per_min:.2f}")
     if seen_lat:
