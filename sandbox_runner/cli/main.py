@@ -115,6 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
+    if argv is None and args.command == "run-job":  # this process is the job's: end it without teardown
+        from sandbox_runner.cli import fastexit
+
+        fastexit.arm()
+        return fastexit.set_code(_command(args))
+    return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         from sandbox_runner.events.logging import configure_logging
         from sandbox_runner.settings import load_settings

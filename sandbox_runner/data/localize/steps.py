@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox_runner.data.localize.cache import Cache
-from sandbox_runner.data.localize.localizer import Item, Localizer, url_basename
-from sandbox_runner.data.transfer import Transfers, scheme_of
-from sandbox_runner.data.transfer.digests import file_digests, read_sidecar, sidecar_algo
-from sandbox_runner.data.transfer.progress import Progress
 from sandbox_runner.errors import IntegrityError, JobFormatError
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.workroot import WorkRoot
+
+if TYPE_CHECKING:
+    from sandbox_runner.data.localize.localizer import Item
+
+# The localize engine (localizer, cache, transports, digests, progress) is imported only by a job that has URLs
+# to fetch: these steps run for every job, and most have none (~8 ms of every job; benchmarks/job_overhead.py).
 
 LOCALIZED = ".localized"
 
@@ -31,6 +32,8 @@ def cache_root(ctx: JobContext) -> Path:
 
 
 def _target(job_dir: Path, url: str, local_path: Any, where: str) -> Path:
+    from sandbox_runner.data.localize.localizer import url_basename
+
     name = url_basename(url)
     if local_path in (None, ""):
         rel = Path(name)
@@ -53,9 +56,15 @@ def _target(job_dir: Path, url: str, local_path: Any, where: str) -> Path:
 
 
 def plan(ctx: JobContext) -> list[Item]:
+    entries = ctx.job.get("localize_urls") or []
+    if not entries:
+        return []
+    from sandbox_runner.data.localize.localizer import Item
+    from sandbox_runner.data.transfer import scheme_of
+
     job_dir = ctx.job_dir
     items = []
-    for i, entry in enumerate(ctx.job.get("localize_urls") or []):
+    for i, entry in enumerate(entries):
         where = f"localize_urls[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"]:
             raise JobFormatError("each entry needs a 'url' string", field=where)
@@ -70,6 +79,8 @@ def plan(ctx: JobContext) -> list[Item]:
 
 def _expectations(items: list[Item]) -> dict[Path, dict[str, str]]:
     """data file -> {algo: expected hex} from the checksum files already in the job dir."""
+    from sandbox_runner.data.transfer.digests import read_sidecar, sidecar_algo
+
     out: dict[Path, dict[str, str]] = {}
     for item in items:
         algo = sidecar_algo(item.dest.name)
@@ -83,6 +94,12 @@ def localize_urls(ctx: JobContext) -> None:
     items = plan(ctx)
     if not items:
         return
+    from sandbox_runner.data.localize.cache import Cache
+    from sandbox_runner.data.localize.localizer import Localizer
+    from sandbox_runner.data.transfer import Transfers
+    from sandbox_runner.data.transfer.digests import sidecar_algo
+    from sandbox_runner.data.transfer.progress import Progress
+
     settings = ctx.settings
     transfers = Transfers(settings)
     progress = Progress.for_mode(settings.progress, "localize", len(items))
@@ -122,6 +139,10 @@ def validate_checksum_files(ctx: JobContext) -> None:
     verified = set(notes.get("verified", []))
     # the paths localize wrote (re-planning now would see the directories it created and append basenames)
     paths = [Path(p) for p in notes["paths"]] if "paths" in notes else [i.dest for i in plan(ctx)]
+    if not paths:
+        return
+    from sandbox_runner.data.transfer.digests import file_digests, read_sidecar, sidecar_algo
+
     bad = []
     for dest in paths:
         files = sorted(p for p in dest.iterdir() if p.is_file()) if dest.is_dir() else [dest]

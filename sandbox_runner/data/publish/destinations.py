@@ -13,33 +13,45 @@ tells a retry of the same payload from a clash with someone else's dataset.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sandbox_runner.data.transfer import Transfers, scheme_of
+from sandbox_runner.data.transfer import Transfers, child, scheme_of
 from sandbox_runner.data.transfer.local import clone_file, url_path
-from sandbox_runner.data.transfer.webdav import child
 from sandbox_runner.errors import NoClobberError, PublishError, TransferError
 from sandbox_runner.redact import redact_url
+
+if TYPE_CHECKING:
+    import ctypes
 
 RECORD = "_publish.context.json"
 Files = list[tuple[Path, str]]  # (local file, path inside the dataset)
 
 _AT_FDCWD, _NOREPLACE, _EXCHANGE = -100, 1, 2
-_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # ctypes is imported and libc opened on first use, not at import: every job imports this module (its
+    # publish step runs even with nothing to publish), few publish to file://
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def renameat2(src: Path, dst: Path, flags: int) -> None:
-    fn = getattr(_libc, "renameat2", None)
+    fn = getattr(_libc(), "renameat2", None)
     if fn is None:
         raise OSError(errno.ENOSYS, "renameat2 unavailable")
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        import ctypes
+
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(dst))
 

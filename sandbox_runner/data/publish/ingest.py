@@ -16,16 +16,21 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox_runner.data.publish.destinations import RECORD, Destination, Files, destination
-from sandbox_runner.data.publish.recognize import Product, recognize
-from sandbox_runner.data.transfer import Transfers
 from sandbox_runner.errors import NoClobberError, PublishError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.models import PublishTarget
 from sandbox_runner.redact import redact_obj, redact_url
+
+if TYPE_CHECKING:
+    from sandbox_runner.data.publish.destinations import Destination, Files
+    from sandbox_runner.data.publish.recognize import Product
+    from sandbox_runner.data.transfer import Transfers
+
+# The publishing machinery (recognize, destinations, transports) is imported by a job that has a dataset to
+# publish: the publish step runs for every job, and a trivial one has none (benchmarks/job_overhead.py).
 
 LOCALIZED = ".localized"
 _emit = threading.Lock()  # datasets publish from several threads; sinks are not all thread-safe
@@ -116,6 +121,8 @@ def _decide(ctx: JobContext, put: _Put, dest: Destination, force: bool) -> bool:
 
 
 def _put_one(ctx: JobContext, put: _Put, transfers: Transfers, force: bool) -> None:
+    from sandbox_runner.data.publish.destinations import RECORD, destination
+
     p, job_dir = put.product, ctx.job_dir
     put.start, put.t0 = iso_now(), time.monotonic()
     # as HySDS: the dataset carries the job's context, here with credentials in URLs redacted
@@ -150,6 +157,9 @@ def publish_products(ctx: JobContext, prod_dirs: Iterable[Path], *, force: bool)
     prod_dirs = list(prod_dirs)
     if not prod_dirs:
         return []
+    from sandbox_runner.data.publish.recognize import recognize
+    from sandbox_runner.data.transfer import Transfers
+
     if ctx.datasets_cfg is None:
         raise PublishError(f"{len(prod_dirs)} dataset(s) to publish ({prod_dirs[0].name}, ...) but no "
                            "datasets.json is configured (HYSDS_DATASETS_CFG)")

@@ -15,7 +15,7 @@ from sandbox_runner.errors import TransferError
 from sandbox_runner.redact import redact_url
 from sandbox_runner.settings import Settings
 
-__all__ = ["FetchResult", "RemoteInfo", "Transfers", "Transport", "scheme_of"]
+__all__ = ["FetchResult", "RemoteInfo", "Transfers", "Transport", "child", "scheme_of"]
 
 HTTP = ("http", "https")
 S3 = ("s3", "s3s")
@@ -27,6 +27,12 @@ def scheme_of(url: str) -> str:
     if url.startswith("/"):
         return "file"
     return urllib.parse.urlsplit(url).scheme.lower()
+
+
+def child(url: str, name: str) -> str:
+    """``name`` (quoted) under the collection ``url``. Here, not in webdav.py, so that publishing to ``file://``
+    does not import httpx (~50 ms on every job's start-up)."""
+    return url.rstrip("/") + "/" + urllib.parse.quote(name)
 
 
 class Transfers:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from sandbox_runner.data.transfer import child as child  # re-exported: it was defined here before
 from sandbox_runner.data.transfer.base import backoff_delay, wait_or_cancel
 from sandbox_runner.data.transfer.http import RETRY_STATUS, make_client
 from sandbox_runner.errors import TransferError
@@ -22,10 +23,6 @@ def http_url(url: str) -> str:
     """``dav://`` -> ``http://``, ``davs://`` -> ``https://`` (osaka's names for the same thing)."""
     scheme, rest = url.split("://", 1)
     return {"dav": "http", "davs": "https"}.get(scheme, scheme) + "://" + rest
-
-
-def child(url: str, name: str) -> str:
-    return url.rstrip("/") + "/" + urllib.parse.quote(name)
 
 
 class WebDav:
