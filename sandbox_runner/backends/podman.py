@@ -40,7 +40,8 @@ from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
 from sandbox_runner.backends.images import ensure_image
 from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman_follow import Follower
-from sandbox_runner.backends.podman_service import default_socket_url, start_service
+from sandbox_runner.backends.podman_mountns import late_mount_message, owned_service, statfs_missing
+from sandbox_runner.backends.podman_service import default_socket_url, restart_for_mounts, start_service
 from sandbox_runner.backends.podman_spec import build_create_body, fit_rootful_rlimits, service_rlimits
 from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
@@ -200,8 +201,31 @@ class PodmanBackend:
                     # concurrency 2, measured by benchmarks/throughput.py); the same create then succeeds
                     tried.add(f"keep-id-{len(tried)}")
                     time.sleep(0.02 * len(tried))
+                elif (late := self._late_mount(exc.message, body_now, retried="mount" in tried)) is not None:
+                    tried.add("mount")  # the service now sees every mount: the job has not begun, create again
+                    self.service_pid = late or self.service_pid
                 else:
                     raise BackendError(f"could not create the job's container: {exc.message}") from None
+
+    def _late_mount(self, message: str, body: dict[str, Any], *, retried: bool) -> int | None:
+        """A bind source that exists here but not in the service (mounted after it started, see
+        :mod:`.podman_mountns`): restart a service we started and return its pid (0: someone else restarted it);
+        BackendError naming the cause and the fix for one we did not. None: not this case."""
+        sock = socket_path(self.socket_url)
+        missing = statfs_missing(message)
+        if sock is None or missing is None or not os.path.exists(missing):
+            return None
+        prefix = "could not create the job's container: "
+        if retried:
+            raise BackendError(prefix + late_mount_message(self.socket_url, missing, owned=True, after_restart=True))
+        if not self.start_service or owned_service(sock) is None:
+            raise BackendError(prefix + late_mount_message(self.socket_url, missing, owned=False))
+        log.warning("podman-service-restarting", socket=sock, path=missing,
+                    reason=late_mount_message(self.socket_url, missing, owned=True))
+        sources = [missing, *(str(m["source"]) for m in body.get("mounts", []) if m.get("source") != missing)]
+        pid = restart_for_mounts(self.api, env=self.env, runtime=self.service_runtime, paths=sources)
+        log.info("podman-service-restarted", socket=sock, pid=pid)
+        return pid or 0
 
     def _ensure_dependencies(self, spec: ContainerSpec) -> None:
         """Every dependency image present before the job (HySDS loads them as it loads the main image)."""
