@@ -75,6 +75,10 @@ class Settings:
     pilot_grace: float = 120.0
     #: where a finished job's user-rules message goes (HySDS's ``USER_RULES_JOB_QUEUE``); "" = send none
     user_rules_queue: str = "user_rules_job"
+    #: ``doctor``'s trivial container: the image it runs (through the same backend and socket as a job), and
+    #: where to load it from when absent (``container_image_url`` syntax; None = pull)
+    doctor_image: str = "localhost/sandbox-runner/busybox:latest"
+    doctor_image_url: str | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -138,6 +142,8 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_BROKER_VISIBILITY_TIMEOUT": "broker_visibility_timeout",
     "SANDBOX_RUNNER_PILOT_GRACE": "pilot_grace",
     "SANDBOX_RUNNER_USER_RULES_QUEUE": "user_rules_queue",
+    "SANDBOX_RUNNER_DOCTOR_IMAGE": "doctor_image",
+    "SANDBOX_RUNNER_DOCTOR_IMAGE_URL": "doctor_image_url",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

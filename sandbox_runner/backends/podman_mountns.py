@@ -35,8 +35,8 @@ import structlog
 log = structlog.get_logger("sandbox_runner.podman")
 
 __all__ = [
-    "LATE_MOUNT_FIX", "OwnedService", "hidden_paths", "late_mount_message", "owned_service", "peer_pid",
-    "statfs_missing", "stop_owned_service",
+    "LATE_MOUNT_FIX", "OwnedService", "hidden_paths", "late_mount_cause", "late_mount_message", "owned_service",
+    "peer_pid", "statfs_missing", "stop_owned_service",
 ]
 
 _STATFS_MISSING = re.compile(r"statfs (?P<path>/\S*?):? no such file or directory")
@@ -48,10 +48,14 @@ LATE_MOUNT_FIX = (
 )
 
 
+def late_mount_cause(url: str, path: str) -> str:
+    return (f"{path} is on a filesystem mounted after the podman service at {url} started, so the service "
+            "cannot see it (statfs: no such file or directory)")
+
+
 def late_mount_message(url: str, path: str, *, owned: bool, after_restart: bool = False) -> str:
     """Why the service cannot see ``path`` and what to do: the one sentence every such failure carries."""
-    cause = (f"{path} is on a filesystem mounted after the podman service at {url} started, so the service "
-             "cannot see it (statfs: no such file or directory)")
+    cause = late_mount_cause(url, path)
     if after_restart:
         return (f"{cause}; sandbox-runner restarted that service (it had started it) and the path is still not "
                 "visible: check the mount is there for this user (findmnt) and not on a per-session namespace")
