@@ -42,7 +42,12 @@ from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnrea
 from sandbox_runner.backends.podman_follow import Follower
 from sandbox_runner.backends.podman_mountns import late_mount_message, owned_service, statfs_missing
 from sandbox_runner.backends.podman_service import default_socket_url, restart_for_mounts, start_service
-from sandbox_runner.backends.podman_spec import build_create_body, fit_rootful_rlimits, service_rlimits
+from sandbox_runner.backends.podman_spec import (
+    build_create_body,
+    fit_rootful_rlimits,
+    hand_workdir_to_job_user,
+    service_rlimits,
+)
 from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
 __all__ = ["PodmanBackend", "default_socket_url"]
@@ -131,6 +136,8 @@ class PodmanBackend:
             log.info("runtime-option-ignored", container=spec.name, note=note)
         if "resource_limits" in body and _limits_unenforced():
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
+        if self.rootful:
+            hand_workdir_to_job_user(spec.workdir, body)
         for attempt in range(3):
             cid = self._create(body, spec)  # starts the service if need be, and loads the main image
             try:
