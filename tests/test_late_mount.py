@@ -11,6 +11,7 @@ someone else (here: this test, outside our code) is left alone and the job fails
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -113,6 +114,14 @@ def own_podman(podman_ready: Worker, shared_dir: Path) -> Iterator[OwnPodman]:
             with_kill(pid, signal.SIGKILL)
 
 
+def dead(pid: int) -> bool:
+    """Gone, or a zombie (PID 1 here may be slow to reap the orphans it inherits)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def with_kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -152,7 +161,9 @@ def test_own_service_is_restarted_and_the_job_completes(own_podman: OwnPodman, s
         assert (job_dir / "_stdout.txt").stat().st_uid == pod.worker.uid
         assert "podman-service-restarting" in proc.stderr and "podman-service-restarted" in proc.stderr
         second = peer_pid(str(pod.socket))
-        assert second is not None and second != first and not Path(f"/proc/{first}").exists()
+        assert second is not None and second != first
+        assert dead(first)  # the old service, idle once this job ended, was killed (reaped)
+        assert not (pod.socket.parent / "podman.sock.retired.json").exists()
         assert os.stat(f"/proc/{second}/root{scratch}").st_dev == os.stat(scratch).st_dev
         # the next job on the late mount needs no restart
         proc, docs = late_job(pod, shared_dir, scratch, redis_url, status_key + "-c", "echo again")
@@ -181,3 +192,44 @@ def test_foreign_service_is_left_alone_and_the_job_fails_naming_cause_and_fix(
         # not restarted, not killed: the same process still serves the socket
         assert service.poll() is None and peer_pid(str(pod.socket)) == listener and start_ticks(listener) == ticks
         assert "podman-service-restart" not in proc.stderr
+
+
+def test_running_jobs_defer_the_restart_and_are_not_disturbed(own_podman: OwnPodman, shared_dir: Path,
+                                                               redis_url: str, status_key: str) -> None:
+    """With a container of the user running, no new service can get a fresh namespace (podman joins the running
+    container's): the late job fails saying so, the running job is left alone and completes with all its output,
+    and the first late job after it restarts the service and completes."""
+    pod = own_podman
+    early = pod.mkdir(pod.base / "early")
+    proc, docs = late_job(pod, shared_dir, early, redis_url, status_key + "-a", "echo warm")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = make_job("sh -c 'echo before; sleep 3; echo after'", container_image_url=f"file://{BUSYBOX_TAR}")
+    path = shared_dir / "long.json"
+    path.write_text(json.dumps(job))
+    path.chmod(0o644)
+    env = pod.env(SANDBOX_RUNNER_WORK_ROOT=str(early), SANDBOX_RUNNER_REDIS_URL=redis_url,
+                  SANDBOX_RUNNER_STATUS_KEY=status_key + "-long", SANDBOX_RUNNER_JOB_INFO_KEY=status_key + "-long")
+    argv = ["runuser", "-u", pod.worker.name, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+            "sandbox-runner", "run-job", str(path), "--backend", "podman"]
+    long = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(early.glob(f"jobs/*/*/*/*/*/{job['job_id']}/_pid")):
+            assert long.poll() is None and time.monotonic() < deadline, long.communicate()
+            time.sleep(0.1)
+        with tmpfs(pod.base / "scratch", size="20m") as scratch:
+            os.chown(scratch, pod.worker.uid, pod.worker.gid)
+            proc, docs = late_job(pod, shared_dir, scratch, redis_url, status_key, "echo late")
+            assert proc.returncode != 0 and "podman-service-restarted" not in proc.stderr
+            error = str(terminal(docs).get("error"))
+            assert "mounted after the podman service" in error and "1 container(s) of this user run" in error, error
+            out, err = long.communicate(timeout=120)
+            assert long.returncode == 0, out[-2000:] + err[-3000:]
+            proc, docs = late_job(pod, shared_dir, scratch, redis_url, status_key + "-b", "echo late")
+            assert proc.returncode == 0 and "podman-service-restarted" in proc.stderr, proc.stderr[-3000:]
+    finally:
+        if long.poll() is None:
+            long.kill()
+    job_dir = next(early.glob(f"jobs/*/*/*/*/*/{job['job_id']}"))
+    assert (job_dir / "_stdout.txt").read_text() == "before\nafter\n"
+    assert (job_dir / "_exit_code").read_text().strip() == "0"

@@ -40,7 +40,7 @@ from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
 from sandbox_runner.backends.images import ensure_image
 from sandbox_runner.backends.podman_api import APIError, PodmanAPI, ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman_follow import Follower
-from sandbox_runner.backends.podman_mountns import late_mount_message, owned_service, statfs_missing
+from sandbox_runner.backends.podman_mountns import late_mount_message, owned_service, reap_retired, statfs_missing
 from sandbox_runner.backends.podman_service import default_socket_url, restart_for_mounts, start_service
 from sandbox_runner.backends.podman_spec import (
     build_create_body,
@@ -138,6 +138,13 @@ class PodmanBackend:
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
         if self.rootful:
             hand_workdir_to_job_user(spec.workdir, body)
+        try:
+            return self._run_attempts(body, spec, io)
+        finally:
+            if sock is not None:
+                reap_retired(sock)  # a service retired for a late mount, once its last stream (maybe ours) ended
+
+    def _run_attempts(self, body: dict[str, Any], spec: ContainerSpec, io: JobIO) -> RunResult:
         for attempt in range(3):
             cid = self._create(body, spec)  # starts the service if need be, and loads the main image
             try:
@@ -230,7 +237,11 @@ class PodmanBackend:
         log.warning("podman-service-restarting", socket=sock, path=missing,
                     reason=late_mount_message(self.socket_url, missing, owned=True))
         sources = [missing, *(str(m["source"]) for m in body.get("mounts", []) if m.get("source") != missing)]
-        pid = restart_for_mounts(self.api, env=self.env, runtime=self.service_runtime, paths=sources)
+        try:
+            with self._create_lock():  # no other worker creates a container on the old service meanwhile
+                pid = restart_for_mounts(self.api, env=self.env, runtime=self.service_runtime, paths=sources)
+        except BackendError as exc:
+            raise BackendError(prefix + str(exc)) from None
         log.info("podman-service-restarted", socket=sock, pid=pid)
         return pid or 0
 

@@ -19,16 +19,17 @@ process that listens) must be it or its child.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import struct
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -36,7 +37,7 @@ log = structlog.get_logger("sandbox_runner.podman")
 
 __all__ = [
     "LATE_MOUNT_FIX", "OwnedService", "hidden_paths", "late_mount_cause", "late_mount_message", "owned_service",
-    "peer_pid", "statfs_missing", "stop_owned_service",
+    "peer_pid", "reap_retired", "retire_owned_service", "statfs_missing",
 ]
 
 _STATFS_MISSING = re.compile(r"statfs (?P<path>/\S*?):? no such file or directory")
@@ -53,9 +54,14 @@ def late_mount_cause(url: str, path: str) -> str:
             "cannot see it (statfs: no such file or directory)")
 
 
-def late_mount_message(url: str, path: str, *, owned: bool, after_restart: bool = False) -> str:
+def late_mount_message(url: str, path: str, *, owned: bool, after_restart: bool = False, running: int = 0) -> str:
     """Why the service cannot see ``path`` and what to do: the one sentence every such failure carries."""
     cause = late_mount_cause(url, path)
+    if running:
+        return (f"{cause}; sandbox-runner started that service but cannot give it a fresh namespace while "
+                f"{running} container(s) of this user run (podman joins their namespace): it restarts the service "
+                "for the first such job after they have ended; to do it now, stop them (`podman system migrate` "
+                "stops them all) and run the job again")
     if after_restart:
         return (f"{cause}; sandbox-runner restarted that service (it had started it) and the path is still not "
                 "visible: check the mount is there for this user (findmnt) and not on a per-session namespace")
@@ -175,35 +181,91 @@ def _pause_pid(runtime_dir: str | None, service_pid: int) -> int | None:
     return pid if ns is not None and _user_ns(pid) == ns and pid != service_pid else None
 
 
-def _wait_gone(pid: int, ticks: int | None, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if start_ticks(pid) != ticks:
-            return True
-        time.sleep(0.05)
-    return start_ticks(pid) != ticks
+def retire_owned_service(owned: OwnedService, sock: str) -> None:
+    """Take the service we started off the socket so a new one, in a fresh namespace that has every mount of
+    now, can take its place -- without breaking the jobs it is serving.
 
-
-def stop_owned_service(owned: OwnedService, sock: str) -> None:
-    """Stop the service we started and its pause process, so the next service builds a fresh namespace that has
-    every mount of now. Containers already running keep theirs (conmon holds them)."""
+    Killing it would cut the attach streams of other workers' running jobs (measured: their job failed with
+    "podman service ... is not answering"). So its pause process is stopped (the next podman process then builds
+    a new namespace), the socket path is unlinked (new connections reach the new service; the old one keeps the
+    connections it has), and the old service is noted in ``<socket>.retired.json``; :func:`reap_retired` kills
+    it once it serves no connection. SIGKILL then, not SIGTERM: on a clean exit podman unlinks its socket path,
+    which by then is the new service's.
+    """
     listener = peer_pid(sock) or owned.pid
     pause = _pause_pid(owned.runtime_dir, listener)
-    # the listener first (podman's rootless re-exec may leave the recorded process as its waiting parent)
-    for pid in dict.fromkeys((listener, owned.pid, pause)):
-        if pid is None:
-            continue
-        ticks = start_ticks(pid)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        if not _wait_gone(pid, ticks, 10.0):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, ticks, 5.0)
+    if pause is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pause, signal.SIGKILL)
+    retired = _read_retired(sock)
+    retired.append({"pids": sorted({listener, owned.pid}), "listener": listener,
+                    "start_ticks": start_ticks(listener)})
+    _write_retired(sock, retired)
     owned.record.unlink(missing_ok=True)
-    with_socket = Path(sock)
-    if with_socket.is_socket() and peer_pid(sock) is None:
-        with_socket.unlink(missing_ok=True)  # podman leaves it on SIGKILL; a dead socket only slows the restart
-    log.warning("podman-service-stopped", socket=sock, pid=owned.pid, pause_pid=pause,
+    Path(sock).unlink(missing_ok=True)
+    log.warning("podman-service-retired", socket=sock, pid=listener, pause_pid=pause,
                 reason="a mount it cannot see (mounted after it started)")
+
+
+def _retired_path(sock: str) -> Path:
+    return Path(f"{sock}.retired.json")
+
+
+def _read_retired(sock: str) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(_retired_path(sock).read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else []
+
+
+def _write_retired(sock: str, entries: list[dict[str, Any]]) -> None:
+    path = _retired_path(sock)
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(path)
+
+
+def _connections(pid: int, sock: str) -> int | None:
+    """How many connections process ``pid`` holds on its socket at path ``sock`` (accepted sockets carry the
+    listening path in /proc/net/unix; state 03 = connected). None when its fds cannot be read."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        rows = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    count = 0
+    for row in rows:
+        cols = row.split()
+        if len(cols) >= 8 and cols[7] == sock and cols[5] == "03" and f"socket:[{cols[6]}]" in inodes:
+            count += 1
+    return count
+
+
+def reap_retired(sock: str) -> None:
+    """Kill the retired services of ``sock`` that serve no connection any more (see :func:`retire_owned_service`).
+    Cheap when there are none: one failed open."""
+    if not _retired_path(sock).exists():
+        return
+    keep = []
+    for entry in _read_retired(sock):
+        try:
+            listener, ticks = int(entry["listener"]), entry.get("start_ticks")
+            pids = [int(p) for p in entry.get("pids", [listener])]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if start_ticks(listener) != ticks:
+            continue  # gone already
+        if _connections(listener, sock) != 0:
+            keep.append(entry)  # still streaming a job (or unreadable: leave it, never kill blind)
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                if pid == listener or _parent(listener) == pid:
+                    os.kill(pid, signal.SIGKILL)
+        log.info("podman-service-reaped", socket=sock, pid=listener)
+    with contextlib.suppress(OSError):
+        _write_retired(sock, keep)

@@ -27,8 +27,9 @@ from sandbox_runner.backends.podman_mountns import (
     owned_service,
     owner_record_path,
     peer_pid,
+    reap_retired,
+    retire_owned_service,
     start_ticks,
-    stop_owned_service,
 )
 from sandbox_runner.errors import BackendError
 
@@ -118,9 +119,15 @@ def restart_for_mounts(
         listener = peer_pid(path)
         if listener is not None and hidden_paths(listener, paths) == []:
             return None
+        reap_retired(path)
         owned = owned_service(path)
         if owned is not None:
-            stop_owned_service(owned, path)
+            # podman joins the namespace of any running container when its pause process is gone, so with
+            # containers running no new service can get a fresh one (measured): leave them and this service be
+            running = api.call("GET", "/containers/json", what="list running containers") or []
+            if running:
+                raise BackendError(late_mount_message(api.url, paths[0], owned=True, running=len(running)))
+            retire_owned_service(owned, path)
         elif listener is not None:  # a foreign service took the socket meanwhile: not ours to stop
             raise BackendError(late_mount_message(api.url, paths[0], owned=False))
         return _spawn(api, podman, sock, env, runtime, timeout)
