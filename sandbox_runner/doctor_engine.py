@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
-from sandbox_runner.backends.podman_api import socket_path
+from sandbox_runner.backends.podman import PodmanBackend
+from sandbox_runner.backends.podman_api import ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman_mountns import (
     LATE_MOUNT_FIX,
     hidden_paths,
@@ -98,8 +99,11 @@ def check_job_container(settings: Settings) -> Check:
     io = JobIO(stdout=probe_dir / "_stdout.txt", stderr=probe_dir / "_stderr.txt")
     what = f"a trivial container ({settings.doctor_image}) through {url}"
     t0 = time.monotonic()
+    backend = default_backend_for(settings, spec)
+    if isinstance(backend, PodmanBackend):
+        backend.start_service = False  # a doctor leaves no service behind; "no service" is reported instead
     try:
-        result = default_backend_for(settings, spec).run(spec, io)
+        result = backend.run(spec, io)
         if result.engine_error:
             return Check(name, False, f"{what}: {result.engine_error}")
         if result.exit_code != 0:
@@ -114,6 +118,10 @@ def check_job_container(settings: Settings) -> Check:
                          f"({os.getuid()})", "use the default user namespace (keep-id) for rootless podman")
     except ImageError as exc:
         return Check(name, False, f"{what}: {exc}", image_fix)
+    except ServiceUnreachable:
+        return Check(name, False, f"not run: no podman service answers at {url} (a job starts one there)",
+                     f"podman --runtime runc system service --time=0 {url} &  then run doctor again",
+                     required=False)
     except SandboxRunnerError as exc:
         return Check(name, False, f"{what}: {exc}")
     finally:

@@ -92,3 +92,12 @@ def test_doctor_names_a_work_root_the_service_cannot_see(own_podman: OwnPodman) 
         assert "podman system migrate" in fix
         row = lines(proc.stdout, "job container")[0]
         assert row.startswith("FAIL") and "mounted after the podman service" in row, row
+
+
+def test_doctor_starts_no_service_where_none_answers(podman_ready: Worker, work_root: Path) -> None:
+    sock = work_root / "silent.sock"
+    proc = doctor_as(podman_ready, work_root, SANDBOX_RUNNER_PODMAN_SOCKET=f"unix://{sock}")
+    row, fix = lines(proc.stdout, "job container")
+    assert row.startswith("warn") and "not run: no podman service answers" in row, proc.stdout
+    assert "system service" in fix
+    assert not sock.exists()  # a job would start one; the doctor leaves nothing running
