@@ -62,6 +62,7 @@ def test_doctor_reports_an_image_without_the_command(own_podman: OwnPodman, shar
     made = pod.worker.run(["podman", "import", str(empty), "localhost/sr-test/noshell:1"], env=pod.env())
     assert made.returncode == 0, made.stderr  # in this test's own podman storage, not the shared one
     root = pod.mkdir(pod.base / "work")
+    pod.start_foreign_service()  # the doctor starts none
     proc = doctor_as(pod.worker, root, "--image", "localhost/sr-test/noshell:1", **pod.env())
     assert proc.returncode == 1, proc.stdout + proc.stderr
     row = lines(proc.stdout, "job container")[0]
