@@ -100,6 +100,10 @@ class Settings:
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
     metrics_textfile: Path | None = None
+    #: ``doctor``'s trivial container: the image it runs (through the same backend and socket as a job), and
+    #: where to load it from when absent (``container_image_url`` syntax; None = pull)
+    doctor_image: str = "localhost/sandbox-runner/busybox:latest"
+    doctor_image_url: str | None = None
     #: the environment the job's ``$VARS`` (mounts, runtime_options) are expanded from. Captured once here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     uid: int = field(default_factory=os.getuid)
@@ -176,6 +180,8 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_METRICS_PORT": "metrics_port",
     "SANDBOX_RUNNER_METRICS_ADDR": "metrics_addr",
     "SANDBOX_RUNNER_METRICS_TEXTFILE": "metrics_textfile",
+    "SANDBOX_RUNNER_DOCTOR_IMAGE": "doctor_image",
+    "SANDBOX_RUNNER_DOCTOR_IMAGE_URL": "doctor_image_url",
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",

@@ -164,10 +164,14 @@ def check_sharing(settings: Settings) -> Check:
 
 
 def doctor(settings: Settings) -> int:
+    from sandbox_runner.cli.doctor_engine import check_job_container, check_work_root_in_service
+
     checks: list[Callable[[], Check]] = [
         check_podman, check_runtime, check_subids, check_userns,
         lambda: check_socket(settings), check_bwrap, lambda: check_space(settings), lambda: check_redis(settings),
         lambda: check_sharing(settings),
+        # the service's view first: the container check may restart a service of ours that lacks the mount
+        lambda: check_work_root_in_service(settings), lambda: check_job_container(settings),
     ]
     results = [c() for c in checks]
     for r in results:

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="check what a rootless node needs, and say what to fix")
     doc.add_argument("--work-root", type=Path)
+    doc.add_argument("--image", help="image of the trivial job container [SANDBOX_RUNNER_DOCTOR_IMAGE]")
+    doc.add_argument("--image-url", help="where to load that image from [SANDBOX_RUNNER_DOCTOR_IMAGE_URL]")
 
     scrub = sub.add_parser("scrub", help="free space under the work root as the filesystem policy says")
     scrub.add_argument("--dry-run", action="store_true", help="print what would be quarantined and purged; do nothing")
@@ -153,7 +155,8 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "doctor":
             from sandbox_runner.cli.doctor import doctor
 
-            return doctor(settings.with_overrides(work_root=args.work_root))
+            return doctor(settings.with_overrides(work_root=args.work_root, doctor_image=args.image,
+                                                  doctor_image_url=args.image_url))
         if args.command == "slurm":
             from sandbox_runner.cli import hpc as hpc_command
 

@@ -41,8 +41,14 @@ from sandbox_runner.backends.podman.api import APIError, PodmanAPI, ServiceUnrea
 from sandbox_runner.backends.podman.follow import Follower
 from sandbox_runner.backends.podman.gpus import explain_cdi_failure
 from sandbox_runner.backends.podman.images import ensure_image
-from sandbox_runner.backends.podman.service import default_socket_url, start_service
-from sandbox_runner.backends.podman.spec import build_create_body, fit_rootful_rlimits, service_rlimits
+from sandbox_runner.backends.podman.mountns import late_mount_message, owned_service, reap_retired, statfs_missing
+from sandbox_runner.backends.podman.service import default_socket_url, restart_for_mounts, start_service
+from sandbox_runner.backends.podman.spec import (
+    build_create_body,
+    fit_rootful_rlimits,
+    hand_workdir_to_job_user,
+    service_rlimits,
+)
 from sandbox_runner.errors import BackendError, ImageError, SandboxRunnerError
 
 __all__ = ["PodmanBackend", "default_socket_url"]
@@ -157,6 +163,16 @@ class PodmanBackend:
             log.info("runtime-option-ignored", container=spec.name, note=note)
         if "resource_limits" in body and _limits_unenforced():
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
+        if self.rootful:
+            hand_workdir_to_job_user(spec.workdir, body)
+        sock = socket_path(self.socket_url)
+        try:
+            return self._run_attempts(body, spec, io)
+        finally:
+            if sock is not None:
+                reap_retired(sock)  # a service retired for a late mount, once its last stream (maybe ours) ended
+
+    def _run_attempts(self, body: dict[str, Any], spec: ContainerSpec, io: JobIO) -> RunResult:
         for attempt in range(3):
             t0, loaded = time.monotonic(), io.phases.get("image_load", 0.0)
             cid = self._create(body, spec, io.phases)  # starts the service if need be, and loads the main image
@@ -238,8 +254,35 @@ class PodmanBackend:
                     # concurrency 2, measured by benchmarks/throughput.py); the same create then succeeds
                     tried.add(f"keep-id-{len(tried)}")
                     time.sleep(0.02 * len(tried))
+                elif (late := self._late_mount(exc.message, body_now, retried="mount" in tried)) is not None:
+                    tried.add("mount")  # the service now sees every mount: the job has not begun, create again
+                    self.service_pid = late or self.service_pid
                 else:
                     raise BackendError(f"could not create the job's container: {exc.message}") from None
+
+    def _late_mount(self, message: str, body: dict[str, Any], *, retried: bool) -> int | None:
+        """A bind source that exists here but not in the service (mounted after it started, see
+        :mod:`.podman_mountns`): restart a service we started and return its pid (0: someone else restarted it);
+        BackendError naming the cause and the fix for one we did not. None: not this case."""
+        sock = socket_path(self.socket_url)
+        missing = statfs_missing(message)
+        if sock is None or missing is None or not os.path.exists(missing):
+            return None
+        prefix = "could not create the job's container: "
+        if retried:
+            raise BackendError(prefix + late_mount_message(self.socket_url, missing, owned=True, after_restart=True))
+        if not self.start_service or owned_service(sock) is None:
+            raise BackendError(prefix + late_mount_message(self.socket_url, missing, owned=False))
+        log.warning("podman-service-restarting", socket=sock, path=missing,
+                    reason=late_mount_message(self.socket_url, missing, owned=True))
+        sources = [missing, *(str(m["source"]) for m in body.get("mounts", []) if m.get("source") != missing)]
+        try:
+            with self._create_lock():  # no other worker creates a container on the old service meanwhile
+                pid = restart_for_mounts(self.api, env=self.env, runtime=self.service_runtime, paths=sources)
+        except BackendError as exc:
+            raise BackendError(prefix + str(exc)) from None
+        log.info("podman-service-restarted", socket=sock, pid=pid)
+        return pid or 0
 
     def _ensure_dependencies(self, spec: ContainerSpec) -> None:
         """Every dependency image present before the job (HySDS loads them as it loads the main image)."""

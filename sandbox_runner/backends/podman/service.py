@@ -8,20 +8,32 @@ answers. runc because crun fails on this kernel's hybrid cgroups (see PODMAN-HER
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import structlog
 
 from sandbox_runner.backends.podman.api import PodmanAPI, socket_path
+from sandbox_runner.backends.podman.mountns import (
+    hidden_paths,
+    late_mount_message,
+    owned_service,
+    owner_record_path,
+    peer_pid,
+    reap_retired,
+    retire_owned_service,
+    start_ticks,
+)
 from sandbox_runner.errors import BackendError
 
-__all__ = ["default_socket_url", "start_service"]
+__all__ = ["default_socket_url", "restart_for_mounts", "start_service", "write_owner_record"]
 
 log = structlog.get_logger("sandbox_runner.podman")
 
@@ -75,15 +87,63 @@ def start_service(
             f"as root: install -d -o $USER -m 700 /run/user/$UID, then {how}"
         ) from None
     # Two workers finding no service at once must not both start one: the second waits here, then finds it up.
-    try:
-        lock = open(sock.with_name(sock.name + ".start.lock"), "a")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise BackendError(f"no podman service answers at {api.url} and {sock.parent} is not writable: {exc}") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _start_lock(sock, f"no podman service answers at {api.url} and"):
         if api.ping(timeout=1.0):
             return None
         return _spawn(api, podman, sock, env, runtime, timeout)
+
+
+@contextlib.contextmanager
+def _start_lock(sock: Path, context: str) -> Iterator[None]:
+    try:
+        lock = open(sock.with_name(sock.name + ".start.lock"), "a")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise BackendError(f"{context} {sock.parent} is not writable: {exc}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def restart_for_mounts(
+    api: PodmanAPI, *, env: Mapping[str, str], runtime: str | None, paths: list[str], timeout: float = 15.0
+) -> int | None:
+    """Restart the service at ``api.url`` -- one sandbox-runner started (the caller checked) -- with a fresh
+    namespace, so it sees ``paths`` (mounted after it started). Returns the new service's pid, or None when
+    another worker restarted it meanwhile and the paths are visible now."""
+    path = socket_path(api.url)
+    podman = shutil.which("podman", path=env.get("PATH"))
+    if path is None or podman is None:
+        raise BackendError(f"cannot restart the podman service at {api.url}: not a local socket or no podman here")
+    sock = Path(path)
+    with _start_lock(sock, f"cannot restart the podman service at {api.url}:"):
+        listener = peer_pid(path)
+        if listener is not None and hidden_paths(listener, paths) == []:
+            return None
+        reap_retired(path)
+        owned = owned_service(path)
+        if owned is not None:
+            # podman joins the namespace of any running container when its pause process is gone, so with
+            # containers running no new service can get a fresh one (measured): leave them and this service be
+            running = api.call("GET", "/containers/json", what="list running containers") or []
+            if running:
+                raise BackendError(late_mount_message(api.url, paths[0], owned=True, running=len(running)))
+            retire_owned_service(owned, path)
+        elif listener is not None:  # a foreign service took the socket meanwhile: not ours to stop
+            raise BackendError(late_mount_message(api.url, paths[0], owned=False))
+        return _spawn(api, podman, sock, env, runtime, timeout)
+
+
+def write_owner_record(sock: Path, pid: int, runtime_dir: str | None) -> None:
+    """Say beside the socket that sandbox-runner started this service (see :func:`.podman_mountns.owned_service`):
+    only such a service is ever restarted by us. Best effort: without the record the service counts as foreign."""
+    doc = {"pid": pid, "start_ticks": start_ticks(pid), "runtime_dir": runtime_dir, "socket": str(sock)}
+    record = owner_record_path(str(sock))
+    tmp = record.with_name(record.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(record)
+    except OSError as exc:
+        log.warning("podman-service-record-not-written", record=str(record), error=str(exc))
 
 
 def _spawn(api: PodmanAPI, podman: str, sock: Path, env: Mapping[str, str], runtime: str | None, timeout: float) -> int:
@@ -111,6 +171,7 @@ def _spawn(api: PodmanAPI, podman: str, sock: Path, env: Mapping[str, str], runt
                 f"{' / '.join(tail) or 'no output'} (log: {log_path})"
             )
         if sock.exists() and api.ping(timeout=1.0):
+            write_owner_record(sock, proc.pid, runtime_dir)
             log.info("podman-service-started", socket=str(sock), pid=proc.pid, log=str(log_path))
             return proc.pid
         time.sleep(0.05)

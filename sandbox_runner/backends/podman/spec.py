@@ -21,8 +21,8 @@ from sandbox_runner.backends.base import ContainerSpec
 from sandbox_runner.backends.podman.options import Body, map_runtime_options, normalize_key, set_network
 from sandbox_runner.errors import BackendError
 
-__all__ = ["ENGINE_SOCKET_NAMES", "build_create_body", "engine_socket_env", "refuse_engine_socket",
-           "userns_and_user"]
+__all__ = ["ENGINE_SOCKET_NAMES", "build_create_body", "engine_socket_env", "hand_workdir_to_job_user",
+           "refuse_engine_socket", "userns_and_user"]
 
 ENGINE_SOCKET_NAMES = frozenset({"podman.sock", "docker.sock", "containerd.sock"})
 
@@ -166,6 +166,20 @@ def fit_rootful_rlimits(body: Body, ceilings: Mapping[str, int]) -> Body:
     extra = [{"type": name, "soft": hard, "hard": hard} for name, hard in ceilings.items()
              if name not in named and hard != resource.RLIM_INFINITY]
     return {**body, "r_limits": [*body.get("r_limits", []), *extra]} if extra else body
+
+
+def hand_workdir_to_job_user(workdir: str, body: Body) -> None:
+    """Rootful podman maps no ids: a job run as the job-spec's ``uid``/``gid`` is that uid on the host, and could
+    not write its own job dir (the worker, root, made it, mode 755). So the job dir itself -- not the files the
+    worker put in it, which stay root's and readable -- is handed to that uid/gid; what the job writes is theirs.
+    A job with no uid (or uid 0) runs as root and its files are root's."""
+    head, _, tail = str(body.get("user") or "").partition(":")
+    if not head.isdigit() or int(head) == 0 or (tail and not tail.isdigit()):
+        return  # root, or a user name (only the image knows its ids): nothing to hand over
+    try:
+        os.chown(workdir, int(head), int(tail) if tail else -1)
+    except OSError as exc:
+        raise BackendError(f"could not give the job dir {workdir} to uid {head}: {exc.strerror}") from None
 
 
 def _user_option(spec: ContainerSpec) -> tuple[dict[str, Any], int | None, int | None, str | None]:
