@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     sub_drain = slurm_sub.add_parser("drain", help="ask a pilot's workers to finish their jobs and stop")
     sub_drain.add_argument("-Q", "--queue", required=True, help="the pilot's queue")
     sub_drain.add_argument("--pilot", required=True, help="the pilot's Slurm job id")
+    sub_drain.add_argument("--reason", default="the pilot's walltime ends soon", help="why (for the events)")
     return p
 
 

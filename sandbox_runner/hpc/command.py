@@ -39,8 +39,12 @@ def slurm_drain(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_runner.hpc.pilot import worker_pattern
 
     pattern = worker_pattern(args.queue, args.pilot)
-    replies = app.control.broadcast("shutdown", pattern=pattern, matcher="glob", reply=True, timeout=2.0)
-    print(f"asked {len(replies)} worker(s) matching {pattern} to finish their jobs and stop")
+    # sr_pilot_drain (hpc/handback.py): stop taking jobs, finish what fits before the allocation ends, hand the
+    # rest back, stop. The workers shut down without a reply.
+    app.control.broadcast("sr_pilot_drain", arguments={"reason": args.reason}, pattern=pattern, matcher="glob",
+                          reply=False)
+    print(f"asked the workers matching {pattern} to drain: finish the jobs that fit before the end, hand back "
+          "the others, stop")
     return EXIT_OK
 
 

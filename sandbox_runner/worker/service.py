@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
@@ -39,6 +39,9 @@ from sandbox_runner.steps.execute import PostProcess
 from sandbox_runner.worker.drain import DrainGuard
 from sandbox_runner.worker.lease import Admission, Lease, LeaseGuard
 from sandbox_runner.worker.limits import TimeLimits
+
+if TYPE_CHECKING:
+    from sandbox_runner.hpc.handback import PilotDrain, Running
 
 log = structlog.get_logger("sandbox_runner.worker")
 
@@ -82,6 +85,9 @@ class FenceCheck:
 class _Active:
     runner: JobRunner
     lease: Lease | None
+    started: float = 0.0  # epoch seconds, for a pilot's drain
+    limit: float | None = None
+    job_id: str | None = None
 
 
 class WorkerService:
@@ -95,6 +101,8 @@ class WorkerService:
         self.walltime = walltime or Walltime()
         self.on_exhausted = on_exhausted
         self._handed_back = 0
+        #: inside a pilot: its drain at walltime / scancel (hpc/handback.py), set by the lifecycle
+        self.pilot: PilotDrain | None = None
         #: shared by every job's runner (each gets its own list): the policies they read are read once
         self._steps = default_steps(backend_for)
         self.drain = DrainGuard(settings.drain_threshold, settings.drain_window)
@@ -139,7 +147,8 @@ class WorkerService:
                 if admission.lease is not None:
                     admission.lease.release()
                 return None
-            self._active[task.task_id] = _Active(runner, admission.lease)
+            self._active[task.task_id] = _Active(runner, admission.lease, time.time(),
+                                                 job_time_limit(task.hard_limit, job), job_ids(job)["job_id"])
         limits = TimeLimits(self.settings, runner, task, job)
         try:
             outcome = runner.run(job)
@@ -150,6 +159,8 @@ class WorkerService:
                 self.processed += 1
             if admission.lease is not None:
                 admission.lease.release()
+        if self.pilot is not None and self.pilot.handed_back(task.task_id, outcome.status):
+            return None  # preempted by the pilot's drain: back to the broker (lease released), not a failure
         result = self._finish(job, outcome.status, t0, outcome=outcome)
         self.scrub_between_jobs()
         return result
@@ -258,6 +269,19 @@ class WorkerService:
             entry.runner.interrupt(status, f"The worker caught {name} (signal {signum}) while the job ran; the "
                                    "job's container was stopped.", signum)
         return len(active)
+
+    def stop_taking_jobs(self) -> None:
+        """From now on every delivery goes straight back to the broker (a pilot's drain)."""
+        with self._lock:
+            self._stopping = True
+
+    def running_jobs(self) -> list[Running]:
+        """The jobs running now, for a pilot's drain."""
+        from sandbox_runner.hpc.handback import Running
+
+        with self._lock:
+            items = list(self._active.items())
+        return [Running(tid, e.job_id, e.started, e.limit, e.runner.interrupt) for tid, e in items]
 
     @property
     def active(self) -> int:
