@@ -78,8 +78,9 @@ class PBS:
             f"export SANDBOX_RUNNER_PILOT_KILL_WAIT={request.kill_delay}",
             f"pbsdsh -- bash -c {shlex.quote(task)} &",
             "step=$!",
-            # the walltime warning PBS does not send: TERM to this shell `grace` seconds before the end
-            f"( sleep {walltime - request.grace}; kill -TERM $$ ) &",
+            # the walltime warning PBS does not send: TERM to this shell `grace` seconds before the end (the
+            # timer's own sleep is ended with it, so nothing of the pilot outlives it)
+            f"( sleep {walltime - request.grace} & s=$!; trap 'kill $s; exit 0' TERM; wait $s; kill -TERM $$ ) &",
             "timer=$!",
             f'trap \'echo "pilot ${{id}}: draining"; {drain} --pilot "${{id}}"\' TERM',
             'wait "$step"',
