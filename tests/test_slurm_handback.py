@@ -31,6 +31,15 @@ def submit(user: Worker, env: dict[str, str], queue: str, time: str, run_dir: Pa
     return slurm_id, run_dir / f"sr-pilot-{queue}-{slurm_id}.out"
 
 
+def waiting(what: str, log: Path, check: Any, timeout: float) -> None:
+    """wait_for, with the pilot's log in the failure."""
+    try:
+        wait_for(check, timeout, interval=0.5, what=what)
+    except AssertionError as exc:
+        text = log.read_text(errors="replace")[-6000:] if log.exists() else "(no pilot log)"
+        raise AssertionError(f"{exc}\n--- pilot log {log} ---\n{text}") from None
+
+
 def statuses_of(redis_url: str, key: str, task_id: str) -> list[tuple[str, str]]:
     return [(d["status"], d["celery_hostname"]) for d in job_docs(redis_url, key, task_id)]
 
@@ -123,5 +132,40 @@ def test_plain_scancel_hands_back_a_job_that_cannot_finish_before_the_kill(
         event = next(e for e in events(redis_url, status_key, "pilot") if e["status"] == "preempted")
         assert event["event"]["time_limit"] == 40 and "cancelled" in event["event"]["reason"], event
         no_leftovers(podman_ready, work_root, *names, other.name)
+    finally:
+        subprocess.run(["scancel", pilot], check=False)
+
+
+def test_short_jobs_queued_behind_a_long_one_still_run_on_a_short_pilot(
+        podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str,
+        rabbit_url: str) -> None:
+    from sandbox_runner.hpc.autoscale import queue_depth
+
+    slurm_up()
+    queue = f"srq-{uuid.uuid4().hex[:8]}"
+    env = pilot_env(podman_ready, work_root, redis_url, status_key, rabbit_url)
+    long_job = make_job("sleep 1")
+    long_job["job_info"]["time_limit"] = 600  # never fits a 2-minute pilot
+    short = [make_job("sleep 1") for _ in range(2)]
+    for job in short:
+        job["job_info"].update(time_limit=30, soft_time_limit=20)  # these fit
+    for job in (long_job, *short):  # the long one first: at the head of the queue
+        send(rabbit_url, redis_url, queue, job)
+    pilot, log = submit(podman_ready, env, queue, "2", run_dir)
+    try:
+        for job in short:
+            waiting("the pilot to run a short job", log, lambda job=job: "job-completed" in [
+                s for s, _ in statuses_of(redis_url, status_key, job["task_id"])], 90)
+        # Then only the long job is left: it comes round again with nothing run since, and the pilot gives up
+        # long before its walltime.
+        wait_for(lambda: squeue_state(pilot) == "", 60, interval=0.5, what=f"the pilot to give up ({log})")
+        assert job_docs(redis_url, status_key, long_job["task_id"]) == []
+        handed = [e for e in events(redis_url, status_key, "pilot")
+                  if e["status"] == "handed_back" and e["event"]["task_id"] == long_job["task_id"]]
+        assert len(handed) >= 2, handed
+        for job in short:
+            assert [s for s, _ in statuses_of(redis_url, status_key, job["task_id"])] == \
+                ["job-started", "job-completed"]
+        assert queue_depth(rabbit_url, queue) == 1  # the long job waits, once, for a worker with time
     finally:
         subprocess.run(["scancel", pilot], check=False)

@@ -49,8 +49,6 @@ log = structlog.get_logger("sandbox_runner.worker")
 SIGNAL_STATUS = {signal.SIGHUP: "job-hangup", signal.SIGINT: "job-interrupted", signal.SIGQUIT: "job-quit",
                  signal.SIGABRT: "job-aborted", signal.SIGTERM: "job-terminated"}
 _REMEMBER_REVOKED = 10000
-#: consecutive hand-backs (nothing admitted between) after which a pilot's worker stops and frees its allocation
-_HAND_BACKS_BEFORE_STOP = 3
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,9 @@ class WorkerService:
         #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
         self.walltime = walltime or Walltime()
         self.on_exhausted = on_exhausted
-        self._handed_back = 0
+        #: task ids refused by walltime since a job was last admitted; one seen twice: the queue has come round
+        self._handed_back: set[str] = set()
+        self._to_tail: set[str] = set()
         #: inside a pilot: its drain at walltime / scancel (hpc/handback.py), set by the lifecycle
         self.pilot: PilotDrain | None = None
         #: shared by every job's runner (each gets its own list): the policies they read are read once
@@ -184,20 +184,33 @@ class WorkerService:
 
     def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
         """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
-        job-failed, no retry burned) for a worker with time. After a few in a row with nothing run between,
-        this pilot has too little time left for the queue's work: it stops (``on_exhausted``) and frees it."""
+        job-failed, no retry burned) for a worker with time. The edge hands the message to the queue's *tail*
+        (:meth:`refused_for_walltime`), so the jobs behind it come here next; when a job handed back comes round
+        again with nothing admitted since, nothing in the queue fits this pilot's time: it stops
+        (``on_exhausted``) and frees the allocation."""
         limit = job_time_limit(task.hard_limit, job)
-        if self.walltime.admits(limit):
-            self._handed_back = 0
-            return True
-        self._handed_back += 1
+        with self._lock:
+            if self.walltime.admits(limit):
+                self._handed_back.clear()
+                return True
+            again = task.task_id in self._handed_back
+            self._handed_back.add(task.task_id)
+            self._to_tail.add(task.task_id)
         left = self.walltime.left()
         self.emitter.event("pilot", "handed_back", {
             "task_id": task.task_id, "job_id": job.get("job_id"), "time_limit": limit,
             "time_left": round(left or 0.0, 1), "pilot": self.walltime.pilot})
-        if self._handed_back >= _HAND_BACKS_BEFORE_STOP and self.on_exhausted is not None:
+        if again and self.on_exhausted is not None:
             self.on_exhausted()
         return False
+
+    def refused_for_walltime(self, task_id: str) -> bool:
+        """Was this delivery refused for the pilot's walltime (not because the worker stops)? Asked once."""
+        with self._lock:
+            if task_id not in self._to_tail:
+                return False
+            self._to_tail.discard(task_id)
+            return True
 
     def _finish(self, job: dict[str, Any], status: str, t0: float, *, outcome: JobOutcome | None = None,
                 error: str | None = None) -> dict[str, Any]:
