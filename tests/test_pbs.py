@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_runner.cli import main
+from sandbox_runner.cli import _parser
+from sandbox_runner.hpc.command import slurm_submit
 from sandbox_runner.hpc.pbs import PBS, pbs_walltime
 from sandbox_runner.hpc.pilot import PilotRequest, worker_pattern
 from sandbox_runner.hpc.scheduler import scheduler_for
+from sandbox_runner.settings import load_settings
 
 # A worker writes its argv and pid, then waits for TERM; "drain" TERMs the workers, as the broadcast would
 # make them stop.
@@ -39,9 +41,12 @@ wait
 
 
 def test_directives_and_names(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code = main(["pbs", "submit", "-Q", "ops.q", "-t", "2:30:00", "-N", "3", "-w", "2", "-c", "4", "-p", "workq",
-                 "-A", "acct7", "--grace", "300", "--kill-delay", "25", "--log-dir", str(tmp_path),
-                 "--qsub-arg=-W", "--qsub-arg=group_list=g1", "--dry-run"])
+    # parsed as the command line is, without main()'s logging set-up (global; it would keep pytest's stdout)
+    args = _parser().parse_args([
+        "pbs", "submit", "-Q", "ops.q", "-t", "2:30:00", "-N", "3", "-w", "2", "-c", "4", "-p", "workq", "-A", "acct7",
+        "--grace", "300", "--kill-delay", "25", "--log-dir", str(tmp_path), "--qsub-arg=-W",
+        "--qsub-arg=group_list=g1", "--dry-run"])
+    code = slurm_submit(args, load_settings({}))
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("# qsub -W group_list=g1 <<'EOF'\n#!/bin/bash\n")
