@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from sandbox_runner.fspolicy import FsPolicy  # noqa: E402
 from sandbox_runner.fspolicy.ladder import Scrubber  # noqa: E402
 from sandbox_runner.fspolicy.report import Action  # noqa: E402
-from sandbox_runner.workdir import job_dir_path  # noqa: E402
+from sandbox_runner.workroot import WorkRoot  # noqa: E402
 
 T0 = 1735689600.0  # 2025-01-01T00:00Z
 PRODUCT = b"p" * 16384
@@ -67,7 +67,7 @@ def build(root: Path, n: int, locks: list[int], newest_scrubbable: int | None = 
     dirs succeeded, every older one failed recently (kept by retention), so a scrub must walk the whole tree."""
     now = time.time()
     for i in range(n):
-        path = job_dir_path(root, f"job-{i:06d}", T0 + 60 * (i // 10))
+        path = WorkRoot(root).job_dir(f"job-{i:06d}", T0 + 60 * (i // 10))
         path.mkdir(parents=True)
         for name, data in (("_context.json", CONTEXT), ("_job.json", JOB), ("_stdout.txt", b"ok\n"),
                            ("product.dat", PRODUCT)):
@@ -88,7 +88,7 @@ def build(root: Path, n: int, locks: list[int], newest_scrubbable: int | None = 
         (path / ".done").write_bytes(b"2025-01-01T00:00:00Z")
         age = 3600 if state == "young-failed" else 30 * 86400
         os.utime(path / ".done", (now - age, now - age))
-    sample = job_dir_path(root, f"job-{n - 1:06d}", T0 + 60 * ((n - 1) // 10))
+    sample = WorkRoot(root).job_dir(f"job-{n - 1:06d}", T0 + 60 * ((n - 1) // 10))
     return sum(p.lstat().st_blocks * 512 for p in sample.iterdir()) + sample.lstat().st_blocks * 512
 
 

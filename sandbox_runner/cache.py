@@ -1,6 +1,7 @@
 """The shared localize cache under ``<work_root>/cache/``: one verified copy per URL, linked into each job dir.
 
-Layout (HySDS's, so its tools and :class:`~sandbox_runner.fspolicy.cache.MarkerCache` still read it)::
+Layout (HySDS's shape, keyed by sha256 of the URL where HySDS uses md5; HySDS's cache eviction finds entries by
+their ``.localized`` marker, so it still reads these)::
 
     cache/<h0>/<h1>/<h2>/<h3>/<sha256(url)>/   an entry: <name> (file or dir), .meta.json, .localized
     cache/.locks/<sha256(url)>.lock            flock'd while a job fills or links the entry, or it is evicted

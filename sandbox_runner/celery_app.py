@@ -84,8 +84,8 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     default) a finished job is handed to the orchestrator's user rules, as HySDS does. Any arguments are taken,
     so a message with no job (or a list, a string) reaches the runner and ends as one job-failed rather than a
     TypeError in Celery that the job tracker never hears of."""
+    from sandbox_runner.worker.delivery import TaskInfo
     from sandbox_runner.worker.lifecycle import current_service
-    from sandbox_runner.worker.service import TaskInfo
 
     req = self.request
     hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.settings import Settings
+from sandbox_runner.workroot import WorkRoot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +31,7 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
         raw: bytes | dict[str, Any] = _read_job(args.job)
     except OSError as exc:
         raise JobFormatError(f"cannot read job file {args.job}: {exc.strerror}") from None
-    work_root = settings.work_root or settings.default_work_root
+    work_root = settings.node_root
     emitter = Emitter.from_settings(settings, work_root)
     sink = emitter.sink
     runner = JobRunner(settings, emitter)
@@ -96,8 +97,8 @@ def events_show(args: argparse.Namespace, settings: Settings) -> int:
         records = read_redis_events(redis_url, args.key or settings.status_key)
         source = f"redis {redis_url} list {args.key or settings.status_key}"
     else:
-        root = args.work_root or settings.work_root or settings.default_work_root
-        path = args.file or root / "events" / "events.msgpack"
+        root = WorkRoot(args.work_root) if args.work_root else settings.workroot
+        path = args.file or root.event_file
         if not path.exists():
             print(f"no events file at {path}", file=sys.stderr)
             return EXIT_FAILED

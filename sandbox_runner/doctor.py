@@ -111,7 +111,7 @@ def check_bwrap() -> Check:
 
 
 def check_space(settings: Settings) -> Check:
-    root = settings.work_root or settings.default_work_root
+    root = settings.node_root
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

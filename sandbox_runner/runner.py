@@ -13,12 +13,13 @@ import threading
 import time
 import traceback as tb
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox_runner.backends.base import Backend, ContainerSpec
+from sandbox_runner.backends.base import ContainerSpec
+from sandbox_runner.backends.factory import BackendFactory, default_backend_for
 from sandbox_runner.errors import JobFormatError, JobInterrupted, SandboxRunnerError
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.events.emitter import Emitter
@@ -28,9 +29,7 @@ from sandbox_runner.steps.base import JobContext, Step
 from sandbox_runner.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.steps.prepare import ResolveJob
 from sandbox_runner.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
-from sandbox_runner.workdir import job_dir_path
-
-BackendFactory = Callable[[Settings, ContainerSpec], Backend]
+from sandbox_runner.workroot import WorkRoot
 
 
 @dataclass(frozen=True)
@@ -45,21 +44,6 @@ class JobOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "job-completed"
-
-
-def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
-    """podman for a job with an image (unless configured otherwise); subprocess for a job with none."""
-    if settings.backend == "fake":
-        from sandbox_runner.backends.fake import FakeBackend
-
-        return FakeBackend()
-    if settings.backend == "subprocess" or spec.image is None:
-        from sandbox_runner.backends.subprocess import SubprocessBackend
-
-        return SubprocessBackend(env=settings.env)
-    from sandbox_runner.backends.podman import PodmanBackend
-
-    return PodmanBackend(settings.podman_socket, worker=settings.worker_name)
 
 
 def default_steps(backend_for: BackendFactory = default_backend_for) -> list[Step]:
@@ -194,7 +178,7 @@ class JobRunner:
         ctx = JobContext(job=job, settings=self.settings, emitter=self.emitter)
         ResolveJob().run(ctx)
         assert ctx.work_root is not None
-        return build_spec(ctx, str(job_dir_path(ctx.work_root, str(job["job_id"]), time.time())))
+        return build_spec(ctx, str(WorkRoot(ctx.work_root).job_dir(str(job["job_id"]), time.time())))
 
     # -- close-up --------------------------------------------------------------------------------------------------
     def _close_plainly(self, ctx: JobContext, failure: BaseException | None, exc: Exception) -> JobOutcome:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.errors import ConfigError
+from sandbox_runner.workroot import WorkRoot
 
 BACKENDS = ("podman", "subprocess", "fake")
 
@@ -100,8 +101,13 @@ class Settings:
         return self.work_root or self.default_work_root
 
     @property
+    def workroot(self) -> WorkRoot:
+        """The layout of :attr:`node_root` (jobs, cache, quarantine, events, workers)."""
+        return WorkRoot(self.node_root)
+
+    @property
     def event_spool_dir(self) -> Path:
-        return self.spool_dir or self.node_root / "events" / "spool"
+        return self.spool_dir or self.workroot.event_spool
 
 
 _ENV_MAP: dict[str, str] = {

@@ -20,14 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.errors import BackendError
+from sandbox_runner.workroot import WorkRoot
 
 RUNNING = ".running"
 DONE = ".done"
-
-
-def job_dir_path(root: Path, job_id: str, when: float) -> Path:
-    t = time.gmtime(when)
-    return root / "jobs" / time.strftime("%Y/%m/%d/%H/%M", t) / job_id
 
 
 def _stamp() -> str:
@@ -56,7 +52,7 @@ class WorkDir:
         """Make a fresh, unique job dir and mark it running (with its lock held)."""
         if not job_id or "/" in job_id or job_id in (".", ".."):
             raise BackendError(f"job_id {job_id!r} cannot name a directory")
-        base = job_dir_path(root, job_id, time.time() if when is None else when)
+        base = WorkRoot(root).job_dir(job_id, time.time() if when is None else when)
         path = base
         for n in range(1, 1000):
             try:

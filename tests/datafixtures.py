@@ -15,24 +15,23 @@ import pytest
 from conftest import require
 from servers import FileServer, file_server, moto_server
 
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.models import load_datasets_config
 from sandbox_runner.settings import load_settings
 from sandbox_runner.steps.base import JobContext
+from sandbox_runner.testing import CapturedEvents, capture_events
 from sandbox_runner.workdir import WorkDir
 
 MakeCtx = Callable[..., JobContext]
 
 
-def sink_of(ctx: JobContext) -> MemorySink:
+def sink_of(ctx: JobContext) -> CapturedEvents:
     sink = ctx.emitter.sink
-    assert isinstance(sink, MemorySink)
+    assert isinstance(sink, CapturedEvents)
     return sink
 
 
 def events(ctx: JobContext, event_type: str | None = None) -> list[dict[str, Any]]:
-    return [d for d in sink_of(ctx).docs()
-            if d.get("resource") == "event" and (event_type is None or d["type"] == event_type)]
+    return sink_of(ctx).events(event_type)
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def make_ctx(tmp_path: Path) -> MakeCtx:
                                      "usage_stats": []}},
             **job,
         }
-        ctx = JobContext(job=doc, settings=settings, emitter=Emitter(MemorySink(), hostname="test"))
+        ctx = JobContext(job=doc, settings=settings, emitter=capture_events("test")[0])
         ctx.work_root = root
         ctx.workdir = WorkDir.create(root, jid)
         ctx.context = {"_prov": {"wasGeneratedBy": f"task_id:{doc['task_id']}"}, "_force_ingest": False,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import require
 
-from sandbox_runner.workdir import job_dir_path
+from sandbox_runner.workroot import WorkRoot
 
 #: the layout's clock for test jobs: minute i of 2025-01-01 (UTC); paths sort by i
 T0 = 1735689600.0
@@ -49,7 +49,7 @@ def make_job_dir(root: Path, minute: int, job_id: str, state: str, *, size: int 
     ``state``: succeeded | failed (``.done`` + ``_exit_code``), running (``.running`` with its flock held on an fd
     appended to ``locks``), crashed (``.running``, lock free), bare (no marker at all).
     """
-    path = job_dir_path(root, job_id, T0 + 60 * minute)
+    path = WorkRoot(root).job_dir(job_id, T0 + 60 * minute)
     path.mkdir(parents=True)
     if size:
         fill(path / "data.bin", size)

@@ -19,11 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.runner import JobRunner
-from sandbox_runner.settings import load_settings
+from sandbox_runner.testing import CapturedEvents, fake_runner
 
 CORPUS = Path("/work/shared/reference/hysds-corpus/jobs")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -98,13 +96,8 @@ def _damage(key: str, value: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runner_and_sink(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobRunner, MemorySink]:
-    root = tmp_path_factory.mktemp("damaged")
-    env = {"SANDBOX_RUNNER_WORK_ROOT": str(root / "work")}
-    sink = MemorySink()
-    runner = JobRunner(load_settings(env, min_free_percent=0.0), Emitter(sink, hostname="celery@damaged"),
-                       backend_for=lambda s, spec: FakeBackend())
-    return runner, sink
+def runner_and_sink(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobRunner, CapturedEvents]:
+    return fake_runner(tmp_path_factory.mktemp("damaged") / "work", hostname="celery@damaged")
 
 
 @pytest.mark.skipif(not JOBS, reason="no example jobs")
@@ -113,7 +106,7 @@ def runner_and_sink(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobRunner
                                  HealthCheck.data_too_large])
 @given(job=damaged_jobs())
 def test_a_damaged_job_ends_in_exactly_one_terminal_status(
-        runner_and_sink: tuple[JobRunner, MemorySink], job: Any) -> None:
+        runner_and_sink: tuple[JobRunner, CapturedEvents], job: Any) -> None:
     runner, sink = runner_and_sink
     sink.records.clear()
     raw = json.dumps(job)
@@ -143,7 +136,7 @@ def test_a_damaged_job_ends_in_exactly_one_terminal_status(
 ], ids=["job_info-float", "job_info-str", "task_id-list", "tags-int", "job_payload-int", "deep-text",
         "deep-dict", "list", "none", "bytes"])
 def test_known_damage_fails_once_naming_the_field(
-        runner_and_sink: tuple[JobRunner, MemorySink], raw: Any, says: str) -> None:
+        runner_and_sink: tuple[JobRunner, CapturedEvents], raw: Any, says: str) -> None:
     runner, sink = runner_and_sink
     sink.records.clear()
     outcome = runner.run(raw())

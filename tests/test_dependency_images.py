@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from conftest import BUSYBOX, BUSYBOX_TAR, Worker, make_job, require
 from test_job_path import job_dir_of, run_job, terminal
-from test_runner import _one_terminal, _runner
 
 from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.container import docker_params
+from sandbox_runner.testing import fake_runner
 
 HYSDS_KEYS = {"image_name", "image_url", "uid", "gid", "user_name", "working_dir", "volumes", "runtime_options"}
 
@@ -50,7 +50,7 @@ def _dep_job(dep_name: str, dep_url: str) -> dict[str, Any]:
 
 
 def test_dry_run_shows_dependencies_with_expanded_urls(tmp_path: Path) -> None:
-    runner, _ = _runner(tmp_path, FakeBackend(), CODE_BUCKET_URL="s3://code")
+    runner, _ = fake_runner(tmp_path / "work", FakeBackend(), env={"CODE_BUCKET_URL": "s3://code"})
     spec = runner.plan(_dep_job("opera/pge:1", "$CODE_BUCKET_URL/pge.tar.gz"))
     assert spec.as_dict()["dependency_images"] == [{"image": "opera/pge:1", "image_url": "s3://code/pge.tar.gz"}]
 
@@ -59,11 +59,11 @@ def test_dry_run_shows_dependencies_with_expanded_urls(tmp_path: Path) -> None:
                          ids=["no-name", "empty-name", "not-an-object"])
 def test_malformed_dependency_is_one_job_failed_naming_the_field(tmp_path: Path, deps: list[Any]) -> None:
     backend = FakeBackend()
-    runner, sink = _runner(tmp_path, backend)
+    runner, sink = fake_runner(tmp_path / "work", backend)
     job = make_job("/bin/true")
     job["params"]["job_specification"]["dependency_images"] = deps
     runner.run(json.dumps(job))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert doc["status"] == "job-failed" and "dependency_images[0]" in doc["error"], doc["error"]
     assert "Traceback" not in doc["error"] and backend.calls == []
 

@@ -15,12 +15,12 @@ from conftest import REPO, make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.fspolicy import FsPolicy
 from sandbox_runner.fspolicy.admission import live_reservations, root_lock
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
+from sandbox_runner.testing import CapturedEvents, fake_runner
 
 MiB = 1 << 20
 
@@ -91,12 +91,11 @@ def test_refusals_from_concurrent_admissions_say_what_is_reserved(fs: Path) -> N
     first.communicate("", timeout=30)
 
 
-def _runner(root: Path, backend: FakeBackend, policy: Path | None = None) -> tuple[JobRunner, MemorySink]:
+def _runner(root: Path, backend: FakeBackend, policy: Path | None = None) -> tuple[JobRunner, CapturedEvents]:
     env = {"SANDBOX_RUNNER_WORK_ROOT": str(root)}
     if policy is not None:
         env["SANDBOX_RUNNER_POLICY"] = str(policy)
-    sink = MemorySink()
-    return JobRunner(load_settings(env), Emitter(sink, hostname="h"), backend_for=lambda s, spec: backend), sink
+    return fake_runner(backend=backend, settings=load_settings(env), hostname="h")
 
 
 def test_the_runner_holds_a_reservation_while_the_job_runs_and_releases_it(fs: Path) -> None:

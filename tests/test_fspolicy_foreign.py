@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, Worker, require
 from fsjobs import T0, make_job_dir, tmpfs
 
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.fspolicy import FsPolicy, admit
+from sandbox_runner.testing import capture_events
 
 MiB = 1 << 20
 OTHER = "srforeign"
@@ -117,8 +117,7 @@ def test_scrub_names_the_shortfall_when_only_untouchable_dirs_are_left(
 def test_admission_scrubs_past_a_busy_dir(fs: Path) -> None:
     mounted = make_job_dir(fs, 0, "mounted", "succeeded")
     own = [make_job_dir(fs, 1 + i, f"own{i}", "succeeded", size=4 * MiB) for i in range(3)]
-    sink = MemorySink()
-    emitter = Emitter(sink, hostname="h")
+    emitter, sink = capture_events("h")
     with busy(mounted):
         # 20 MiB with ~12 MiB used; 10 MiB must stay free and the job wants 2 MiB: one or two of own must go
         reservation = admit(fs, FsPolicy(space_percent=50), need_bytes=2 * MiB, job_id="new", emitter=emitter)

@@ -14,9 +14,9 @@ from fsjobs import PAGE, fill, free_bytes, make_job_dir
 
 from sandbox_runner.cache import url_key
 from sandbox_runner.errors import DiskSpaceError
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.fspolicy import FsPolicy, admit, scrub_once
 from sandbox_runner.fspolicy.ladder import Scrubber
+from sandbox_runner.testing import CapturedEvents, capture_events
 
 MiB = 1 << 20
 POLICY = FsPolicy(space_percent=10.0, inodes_percent=5.0, job_inodes=10, succeeded_retention=0,
@@ -31,7 +31,7 @@ def locks() -> Iterator[list[int]]:
         os.close(fd)
 
 
-def _events(sink: MemorySink, status: str) -> list[dict[str, Any]]:
+def _events(sink: CapturedEvents, status: str) -> list[dict[str, Any]]:
     return [d["event"] for d in sink.docs() if d.get("type") == "filesystem" and d["status"] == status]
 
 
@@ -57,9 +57,9 @@ def _need_to_free(root: Path, amount: int) -> int:
 
 def test_ladder_frees_exactly_enough_oldest_successes_first(fs: Path, locks: list[int]) -> None:
     jobs = _scenario(fs, locks)
-    sink = MemorySink()
+    emitter, sink = capture_events("h")
     need = _need_to_free(fs, 2 * MiB + MiB // 2)  # two and a half successes' worth
-    reservation = admit(fs, POLICY, need_bytes=need, job_id="new", emitter=Emitter(sink, hostname="h"))
+    reservation = admit(fs, POLICY, need_bytes=need, job_id="new", emitter=emitter)
     gone = sorted(name for name, path in jobs.items() if not path.exists())
     assert gone == ["s0", "s1", "s2"]
     quarantined = [e["job_id"] for e in _events(sink, "quarantined")]
@@ -77,9 +77,9 @@ def test_ladder_frees_exactly_enough_oldest_successes_first(fs: Path, locks: lis
 
 def test_then_failed_past_retention_and_crashed_past_grace_in_time_order(fs: Path, locks: list[int]) -> None:
     jobs = _scenario(fs, locks)
-    sink = MemorySink()
+    emitter, sink = capture_events("h")
     need = _need_to_free(fs, 7 * MiB + MiB // 2)  # all six successes, then f_old, then part of c_old
-    admit(fs, POLICY, need_bytes=need, job_id="new", emitter=Emitter(sink, hostname="h")).release()
+    admit(fs, POLICY, need_bytes=need, job_id="new", emitter=emitter).release()
     order = [e["job_id"] for e in _events(sink, "purged")]
     assert order == ["s0", "s1", "s2", "s3", "s4", "s5", "f_old", "c_old"]
     survivors = sorted(name for name, path in jobs.items() if path.exists())
@@ -90,9 +90,9 @@ def test_then_failed_past_retention_and_crashed_past_grace_in_time_order(fs: Pat
 
 def test_refused_with_needed_and_free_when_nothing_more_can_go(fs: Path, locks: list[int]) -> None:
     jobs = _scenario(fs, locks)
-    sink = MemorySink()
+    emitter, sink = capture_events("h")
     with pytest.raises(DiskSpaceError) as info:
-        admit(fs, POLICY, need_bytes=40 * MiB, job_id="huge", emitter=Emitter(sink, hostname="h"))
+        admit(fs, POLICY, need_bytes=40 * MiB, job_id="huge", emitter=emitter)
     message = str(info.value)
     assert "not enough disk space" in message and "the job needs 40 MiB plus 2 MiB that must stay free" in message
     assert "is free after scrubbing freed" in message
@@ -108,8 +108,7 @@ def test_crashed_job_is_reported_once_then_recovered(fs: Path, locks: list[int])
     old = make_job_dir(fs, 1, "c_old", "crashed", size=MiB, age=2 * 3600)
     young = make_job_dir(fs, 2, "c_young", "crashed", size=MiB, age=60)
     bare = make_job_dir(fs, 3, "bare_old", "bare", size=MiB, age=2 * 3600)
-    sink = MemorySink()
-    emitter = Emitter(sink, hostname="h")
+    emitter, sink = capture_events("h")
     scrub_once(fs, POLICY, emitter)  # space is fine: housekeeping only
     assert sorted(e["job_id"] for e in _events(sink, "crashed-job")) == ["bare_old", "c_old"]
     assert old.exists() and (old / ".crashed").exists() and not (young / ".crashed").exists()
@@ -160,8 +159,8 @@ def test_cache_is_evicted_least_recently_used_first(fs: Path) -> None:
         (entry / ".localized").touch()
         os.utime(entry / ".localized", (used, used))
         entries[name] = entry
-    sink = MemorySink()
-    admit(fs, POLICY, need_bytes=_need_to_free(fs, 3 * MiB), job_id="new", emitter=Emitter(sink, hostname="h"))
+    emitter, sink = capture_events("h")
+    admit(fs, POLICY, need_bytes=_need_to_free(fs, 3 * MiB), job_id="new", emitter=emitter)
     assert [e["path"] for e in _events(sink, "evicted")] == [str(entries["old"]), str(entries["mid"])]
     assert entries["new"].exists() and not entries["old"].exists() and not entries["mid"].exists()
 
@@ -171,12 +170,12 @@ def test_inode_exhaustion_is_handled_like_space(fs: Path) -> None:
     st = os.statvfs(fs)
     assert st.f_favail < 500 and free_bytes(fs) > 8 * MiB  # plenty of bytes, few inodes
     policy = FsPolicy(inodes_percent=5.0, job_inodes=st.f_favail - 100 + 150)  # 100 must stay free; 150 short
-    sink = MemorySink()
-    admit(fs, policy, need_bytes=0, job_id="new", emitter=Emitter(sink, hostname="h")).release()
+    emitter, sink = capture_events("h")
+    admit(fs, policy, need_bytes=0, job_id="new", emitter=emitter).release()
     assert [p.exists() for p in jobs] == [False, True, True, True, True]
     assert _events(sink, "purged")[0]["inodes"] >= 300
     with pytest.raises(DiskSpaceError, match=r"not enough inodes under .*: the job needs 5000 inodes plus 100"):
-        admit(fs, policy, need_bytes=0, need_inodes=5000, job_id="greedy", emitter=Emitter(sink, hostname="h"))
+        admit(fs, policy, need_bytes=0, need_inodes=5000, job_id="greedy", emitter=emitter)
     assert not any(p.exists() for p in jobs)  # it did try, oldest first, before refusing
 
 

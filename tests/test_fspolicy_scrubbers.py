@@ -11,9 +11,9 @@ from pathlib import Path
 from conftest import REPO
 from fsjobs import make_job_dir
 
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.fspolicy import FsPolicy, PeriodicScrubber
 from sandbox_runner.fspolicy.quarantine import entry_name
+from sandbox_runner.testing import capture_events
 
 MiB = 1 << 20
 
@@ -29,8 +29,8 @@ def test_periodic_scrubber_runs_once_per_interval_and_purges_past_ttl(tmp_path: 
     root = tmp_path / "work"
     stale, fresh = _quarantined(root, "stale", 2 * 86400), _quarantined(root, "fresh", 60)
     now = [1000.0]
-    sink = MemorySink()
-    periodic = PeriodicScrubber(root, FsPolicy(scrub_interval=600), Emitter(sink, hostname="h"),
+    emitter, sink = capture_events("h")
+    periodic = PeriodicScrubber(root, FsPolicy(scrub_interval=600), emitter,
                                 clock=lambda: now[0])
     first = periodic.maybe_run()
     assert first is not None and first.counts == {"purge": 1}
@@ -44,7 +44,7 @@ def test_periodic_scrubber_runs_once_per_interval_and_purges_past_ttl(tmp_path: 
 
 
 def test_periodic_scrubber_survives_a_missing_root(tmp_path: Path) -> None:
-    periodic = PeriodicScrubber(tmp_path / "nowhere", FsPolicy(), Emitter(MemorySink(), hostname="h"))
+    periodic = PeriodicScrubber(tmp_path / "nowhere", FsPolicy(), capture_events("h")[0])
     assert periodic.maybe_run() is None and not periodic.due()
 
 

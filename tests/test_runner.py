@@ -17,34 +17,17 @@ from conftest import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.events import Emitter, MemorySink
-from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.netpolicy import node_network, this_node
 from sandbox_runner.runner import JobRunner
-from sandbox_runner.settings import load_settings
+from sandbox_runner.testing import fake_runner
 
-
-def _runner(tmp_path: Path, backend: FakeBackend, **env: str) -> tuple[JobRunner, MemorySink]:
-    settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SECRET_TOKEN": "hunter2",
-                              **env}, min_free_percent=0.0)
-    sink = MemorySink()
-    emitter = Emitter(sink, hostname="celery@test.01.host")
-    return JobRunner(settings, emitter, backend_for=lambda s, spec: backend), sink
-
-
-def _statuses(sink: MemorySink) -> list[str]:
-    return [d["status"] for d in sink.docs() if d.get("resource") == "job"]
-
-
-def _one_terminal(sink: MemorySink) -> dict[str, Any]:
-    terminal = [d for d in sink.docs() if d.get("resource") == "job" and d["status"] in TERMINAL_STATUSES]
-    assert len(terminal) == 1, _statuses(sink)
-    return terminal[0]
+#: in the runner's environment, so tests can check it never reaches the work dir or a status document
+SECRETS = {"SECRET_TOKEN": "hunter2"}
 
 
 def test_completed_job_writes_the_hysds_work_dir(tmp_path: Path) -> None:
     backend = FakeBackend(stdout="hello world\n")
-    runner, sink = _runner(tmp_path, backend)
+    runner, sink = fake_runner(tmp_path / "work", backend, env=SECRETS)
     job = make_job("/bin/echo hello world")
     outcome = runner.run(job)
     assert outcome.status == "job-completed" and outcome.exit_code == 0
@@ -66,15 +49,15 @@ def test_completed_job_writes_the_hysds_work_dir(tmp_path: Path) -> None:
     assert os.stat(jd / "_run.sh").st_mode & stat.S_IXUSR
     assert "hunter2" not in run_sh and "SECRET_TOKEN" not in run_sh
     assert backend.calls[0].argv == ("/bin/echo", "hello", "world")
-    assert _statuses(sink) == ["job-started", "job-completed"]
+    assert sink.status_history() == ["job-started", "job-completed"]
     assert [d.get("type") for d in sink.docs()] == ["sr_test", "job_info", "sr_test"]
     assert sink.statuses[job["task_id"]] == "job-completed"
 
 
 def test_nonzero_exit_fails_once_and_keeps_exit_code(tmp_path: Path) -> None:
-    runner, sink = _runner(tmp_path, FakeBackend(exit_code=3))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(exit_code=3), env=SECRETS)
     outcome = runner.run(make_job("/bin/false"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert outcome.status == doc["status"] == "job-failed"
     assert doc["error"] == "Got non-zero exit code: 3"
     assert doc["short_error"] == "Got non-zero exit code: 3"
@@ -88,9 +71,9 @@ def test_alt_error_written_by_the_job_overrides_the_error(tmp_path: Path) -> Non
         Path(spec.workdir, "_alt_traceback.txt").write_text("Traceback: pge.py line 3\n")
         return 2
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=pge))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(script=pge), env=SECRETS)
     runner.run(make_job("/run_pge.sh"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert doc["error"] == "PGE: granule has no valid pixels"
     assert doc["traceback"] == "Traceback: pge.py line 3"
 
@@ -108,9 +91,9 @@ def test_alt_error_written_by_the_job_overrides_the_error(tmp_path: Path) -> Non
 )
 def test_bad_input_ends_as_exactly_one_job_failed(tmp_path: Path, raw: Any, needle: str) -> None:
     backend = FakeBackend()
-    runner, sink = _runner(tmp_path, backend)
+    runner, sink = fake_runner(tmp_path / "work", backend, env=SECRETS)
     outcome = runner.run(json.dumps(raw) if not isinstance(raw, str) else raw)
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert doc["status"] == outcome.status == "job-failed"
     assert needle in doc["error"], doc["error"]
     assert "Traceback" not in doc["error"]
@@ -120,9 +103,9 @@ def test_bad_input_ends_as_exactly_one_job_failed(tmp_path: Path, raw: Any, need
 def test_unknown_job_type_in_worker_config(tmp_path: Path) -> None:
     cfg = tmp_path / "worker.json"
     cfg.write_text(json.dumps({"configs": [{"type": "other", "command": {"path": "/bin/true"}}]}))
-    runner, sink = _runner(tmp_path, FakeBackend(), HYSDS_WORKER_CFG=str(cfg))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(), env={**SECRETS, "HYSDS_WORKER_CFG": str(cfg)})
     runner.run(make_job("/bin/true"))
-    assert "sr_test" in _one_terminal(sink)["error"]
+    assert "sr_test" in sink.terminal()["error"]
 
 
 def test_worker_config_wins_and_substitutes_params(tmp_path: Path) -> None:
@@ -131,7 +114,7 @@ def test_worker_config_wins_and_substitutes_params(tmp_path: Path) -> None:
         "path": "/bin/echo", "options": ["-n"], "arguments": ["$echo_var", "$files"],
         "env": [{"key": "MODE", "value": "fast"}]}}]}))
     backend = FakeBackend()
-    runner, _ = _runner(tmp_path, backend, HYSDS_WORKER_CFG=str(cfg))
+    runner, _ = fake_runner(tmp_path / "work", backend, env={**SECRETS, "HYSDS_WORKER_CFG": str(cfg)})
     job = make_job("/bin/ignored")
     job["params"].update({"echo_var": "hi there", "files": ["a", "b"]})
     assert runner.run(job).ok
@@ -142,16 +125,16 @@ def test_worker_config_wins_and_substitutes_params(tmp_path: Path) -> None:
 
 def test_unknown_pre_step_fails_before_anything_runs(tmp_path: Path) -> None:
     backend = FakeBackend()
-    runner, sink = _runner(tmp_path, backend)
+    runner, sink = fake_runner(tmp_path / "work", backend, env=SECRETS)
     job = make_job("/bin/true")
     job["params"]["job_specification"]["pre"] = ["some.python.preprocessor.function"]
     outcome = runner.run(job)
-    assert "some.python.preprocessor.function" in _one_terminal(sink)["error"]
+    assert "some.python.preprocessor.function" in sink.terminal()["error"]
     assert outcome.job_dir is None and backend.calls == []
 
 
 def test_hysds_step_names_resolve_to_ours(tmp_path: Path) -> None:
-    runner, _ = _runner(tmp_path, FakeBackend())
+    runner, _ = fake_runner(tmp_path / "work", FakeBackend(), env=SECRETS)
     job = make_job("/bin/true")
     job["params"]["job_specification"].update({
         "disable_pre_builtins": True, "pre": ["hysds.localize.localize_urls_parallel"],
@@ -163,9 +146,9 @@ def test_step_bug_still_closes_the_job(tmp_path: Path) -> None:
     def crash(spec: ContainerSpec, io: JobIO) -> int:
         raise ZeroDivisionError("boom")
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=crash))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(script=crash), env=SECRETS)
     outcome = runner.run(make_job("/bin/true"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert doc["error"].startswith("internal error: ZeroDivisionError")
     assert "Traceback" in doc["traceback"]
     assert outcome.job_dir is not None and (outcome.job_dir / ".done").exists()
@@ -180,17 +163,17 @@ def test_interrupt_from_another_thread_gives_its_own_status(tmp_path: Path) -> N
         io.cancel.wait(5)
         return 143
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=sleeper))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(script=sleeper), env=SECRETS)
     holder["runner"] = runner
     outcome = runner.run(make_job("/bin/sleep 600"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert outcome.status == doc["status"] == "job-terminated" and doc["signum"] == 15
     assert outcome.job_dir is not None and (outcome.job_dir / ".done").exists()
 
 
 def test_dry_run_plans_without_side_effects(tmp_path: Path) -> None:
     backend = FakeBackend()
-    runner, sink = _runner(tmp_path, backend)
+    runner, sink = fake_runner(tmp_path / "work", backend, env=SECRETS)
     spec = runner.plan(make_job("/bin/echo hi"))
     assert spec.argv == ("/bin/echo", "hi") and spec.network == node_network(*this_node())[0]
     assert spec.labels["sandbox_runner.network"].startswith(f"{spec.network}: ")
@@ -204,7 +187,8 @@ def test_vars_expand_from_the_settings_environment_only(tmp_path: Path, monkeypa
     env = [{"key": "A", "value": "$SITE_DIR/x"}, {"key": "B", "value": "$ONLY_IN_OS_ENVIRON"}]
     cfg.write_text(json.dumps({"configs": [{"type": "sr_test", "command": {"path": "/bin/true", "env": env}}]}))
     backend = FakeBackend()
-    runner, _ = _runner(tmp_path, backend, HYSDS_WORKER_CFG=str(cfg), SITE_DIR="/site")
+    runner_env = {**SECRETS, "HYSDS_WORKER_CFG": str(cfg), "SITE_DIR": "/site"}
+    runner, _ = fake_runner(tmp_path / "work", backend, env=runner_env)
     job = make_job("/bin/true", runtime_options={"shm_size": "${SITE_DIR}"})
     assert runner.run(job).ok
     spec = backend.calls[0]
@@ -213,9 +197,9 @@ def test_vars_expand_from_the_settings_environment_only(tmp_path: Path, monkeypa
 
 
 def test_failed_documents_carry_dedup_job_null_and_expected_failures_keep_their_message(tmp_path: Path) -> None:
-    runner, sink = _runner(tmp_path, FakeBackend(exit_code=3))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(exit_code=3), env=SECRETS)
     runner.run(make_job("/bin/false"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert "dedup_job" in doc and doc["dedup_job"] is None
     assert doc["traceback"] == "Got non-zero exit code: 3"  # expected: the message, as HySDS's expected failures
 
@@ -230,9 +214,9 @@ def test_translated_foreign_error_sends_its_real_traceback(tmp_path: Path) -> No
             raise BackendError(f"engine failed: {exc.strerror}") from None
         return 0
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=engine_breaks))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(script=engine_breaks), env=SECRETS)
     runner.run(make_job("/bin/true"))
-    doc = _one_terminal(sink)
+    doc = sink.terminal()
     assert doc["error"] == "engine failed: No such file or directory" and doc["dedup_job"] is None
     assert doc["traceback"].startswith("Traceback (most recent call last)")
     assert "FileNotFoundError" in doc["traceback"] and "BackendError: engine failed" in doc["traceback"]
@@ -245,7 +229,7 @@ def test_documents_carry_the_whole_context_and_host_facts(tmp_path: Path) -> Non
         path.write_text(json.dumps({**json.loads(path.read_text()), "pge_added": 7}))
         return 0
 
-    runner, sink = _runner(tmp_path, FakeBackend(script=pge))
+    runner, sink = fake_runner(tmp_path / "work", FakeBackend(script=pge), env=SECRETS)
     job = make_job("/run_pge.sh")
     job["context"] = {"site": "x"}
     outcome = runner.run(job)

@@ -15,7 +15,6 @@ from servers import FileServer
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.datasets import bundle
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.models import load_job_spec
 from sandbox_runner.redact import redact_text, redact_url
 from sandbox_runner.runner import JobRunner
@@ -23,6 +22,7 @@ from sandbox_runner.settings import load_settings
 from sandbox_runner.steps import localize, publish, registry
 from sandbox_runner.steps import triage as triage_step
 from sandbox_runner.steps.triage import triage
+from sandbox_runner.testing import CapturedEvents, fake_runner
 
 pytest_plugins = ["datafixtures"]
 
@@ -40,7 +40,7 @@ def _datasets(pub: Path) -> dict[str, Any]:
 
 
 def _runner(tmp_path: Path, backend: FakeBackend, *, datasets: bool = True,
-            worker_env: list[dict[str, str]] | None = None) -> tuple[JobRunner, MemorySink]:
+            worker_env: list[dict[str, str]] | None = None) -> tuple[JobRunner, CapturedEvents]:
     env = {"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SANDBOX_RUNNER_TRANSFER_BACKOFF": "0.05",
            "SANDBOX_RUNNER_PROGRESS": "never", "SECRET_TOKEN": "hunter2", "MY_KEY": "s3cr3t-value-42",
            "HOME": str(tmp_path)}
@@ -53,8 +53,7 @@ def _runner(tmp_path: Path, backend: FakeBackend, *, datasets: bool = True,
         (tmp_path / "worker.json").write_text(json.dumps(cfg))
         env["HYSDS_WORKER_CFG"] = str(tmp_path / "worker.json")
     settings = load_settings(env, min_free_percent=0.0, backend="fake")
-    sink = MemorySink()
-    return JobRunner(settings, Emitter(sink, hostname="celery@test"), backend_for=lambda s, spec: backend), sink
+    return fake_runner(backend=backend, settings=settings)
 
 
 def _all_text(root: Path) -> str:

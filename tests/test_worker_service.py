@@ -13,13 +13,12 @@ from conftest import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.events import Emitter, MemorySink
-from sandbox_runner.events.documents import TERMINAL_STATUSES
-from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
 from sandbox_runner.steps import registry
+from sandbox_runner.testing import CapturedEvents, capture_events, fake_runner
+from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.lease import LeaseGuard
-from sandbox_runner.worker.service import TaskInfo, WorkerService
+from sandbox_runner.worker.service import WorkerService
 
 TRIAGED: list[str] = []
 
@@ -39,13 +38,13 @@ def _waits_for_cancel(spec: ContainerSpec, io: JobIO) -> int:
     return 128 + signal.SIGTERM
 
 
-def _service(tmp_path: Path, backend: FakeBackend, guard: LeaseGuard | None = None) -> tuple[WorkerService,
-                                                                                             MemorySink]:
+def _service(tmp_path: Path, backend: FakeBackend,
+             guard: LeaseGuard | None = None) -> tuple[WorkerService, CapturedEvents]:
     settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SANDBOX_RUNNER_BACKEND": "fake",
                               "SANDBOX_RUNNER_DRAIN_THRESHOLD": "3"}, min_free_percent=0.0,
                              worker_name="celery@q.01.h")
-    sink = MemorySink()
-    service = WorkerService(settings, Emitter(sink, hostname=settings.worker_name), guard,
+    emitter, sink = capture_events(settings.worker_name)
+    service = WorkerService(settings, emitter, guard,
                             backend_for=lambda s, spec: backend)
     return service, sink
 
@@ -56,7 +55,7 @@ def _job(**spec: Any) -> dict[str, Any]:
     return job
 
 
-def _statuses(sink: MemorySink, task_id: str) -> list[str]:
+def _statuses(sink: CapturedEvents, task_id: str) -> list[str]:
     return [d["status"] for d in sink.docs() if d.get("resource") == "job" and d["uuid"] == task_id]
 
 
@@ -88,14 +87,11 @@ def test_a_signal_stops_the_job_once_without_post_processing(tmp_path: Path) -> 
 
 def test_an_interrupt_before_the_job_starts_is_not_lost(tmp_path: Path) -> None:
     backend = FakeBackend()
-    settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work")}, min_free_percent=0.0)
-    sink = MemorySink()
-    runner = JobRunner(settings, Emitter(sink, hostname="h"), backend_for=lambda s, spec: backend)
+    runner, sink = fake_runner(tmp_path / "work", backend)
     assert runner.interrupt("job-revoked", "Job was revoked with signal 15.", 15) is False
     outcome = runner.run(make_job("/run.sh"))
     assert outcome.status == "job-revoked" and backend.calls == []
-    terminal = [d for d in sink.docs() if d.get("status") in TERMINAL_STATUSES]
-    assert [d["status"] for d in terminal] == ["job-revoked"]
+    assert sink.terminal()["status"] == "job-revoked"
 
 
 def test_a_revoke_before_delivery_sends_one_job_revoked_and_the_job_never_runs(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 ``PodmanBackend`` (rootless Podman through its REST API), ``SubprocessBackend`` (bubblewrap or a plain subprocess
 in its own session) and ``FakeBackend`` (a test double shipped with the package) share the contract in
-:mod:`sandbox_runner.backends.base`. Import the concrete backends from their modules: they pull in heavy
-dependencies (podman-py) that a dry run or the subprocess path should not pay for.
+:mod:`sandbox_runner.backends.base`. Import the concrete backends from their modules, so a dry run or the
+subprocess path does not import the podman client (HTTP over the unix socket, image loading, log following).
 """
 
 from sandbox_runner.backends.base import Backend, ContainerSpec, JobIO, Mount, RunResult

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sandbox_runner.errors import EventSinkError
+from sandbox_runner.events.base import EventSink
 from sandbox_runner.events.documents import (
     custom_event_doc,
     job_info_doc,
@@ -19,7 +20,7 @@ from sandbox_runner.events.documents import (
     status_ttl,
     worker_event_doc,
 )
-from sandbox_runner.events.sinks import EventSink, open_sink
+from sandbox_runner.events.sinks import open_sink
 
 if TYPE_CHECKING:
     from sandbox_runner.settings import Settings

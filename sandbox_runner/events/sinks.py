@@ -1,8 +1,6 @@
 """Where msgpack documents go: Redis (as HySDS), a local msgpack file, or memory (tests).
 
-A sink has two operations, mirroring what HySDS's log_utils does on Redis:
-``push(key, doc)`` (``RPUSH key msgpack(doc)``) and ``set_status(task_id, status, ttl)``
-(``SETEX hysds-job-status-<task_id> ttl status``). Redis errors are translated to EventSinkError here.
+Each meets :class:`sandbox_runner.events.base.EventSink`. Redis errors are translated to EventSinkError here.
 """
 
 from __future__ import annotations
@@ -11,27 +9,15 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 
 from sandbox_runner.errors import EventSinkError
+from sandbox_runner.events.base import EventSink, pack
+from sandbox_runner.workroot import WorkRoot
 
 STATUS_KEY_PREFIX = "hysds-job-status-"
-
-
-class EventSink(Protocol):
-    description: str
-
-    def push(self, key: str, doc: dict[str, Any], *, status: tuple[str, str, int] | None = None) -> None:
-        """Append ``doc`` to list ``key``; if ``status=(task_id, value, ttl)`` also set the status key."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def _pack(doc: dict[str, Any]) -> bytes:
-    return msgpack.packb(doc, default=str, use_bin_type=True)
 
 
 class RedisSink:
@@ -48,7 +34,7 @@ class RedisSink:
             if status is not None:
                 task_id, value, ttl = status
                 pipe.set(f"{STATUS_KEY_PREFIX}{task_id}", value, ex=ttl)
-            pipe.rpush(key, _pack(doc))
+            pipe.rpush(key, pack(doc))
             pipe.execute()
         except self._error as exc:
             raise EventSinkError(f"cannot deliver event to {self.description}: {exc}") from None
@@ -70,7 +56,7 @@ class FileSink:
             raise EventSinkError(f"cannot create event file dir {path.parent}: {exc.strerror}") from None
 
     def push(self, key: str, doc: dict[str, Any], *, status: tuple[str, str, int] | None = None) -> None:
-        record = _pack({"key": key, "doc": doc})
+        record = pack({"key": key, "doc": doc})
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -96,7 +82,7 @@ class MemorySink:
 
     def push(self, key: str, doc: dict[str, Any], *, status: tuple[str, str, int] | None = None) -> None:
         # round-trip through msgpack so tests see exactly what a consumer would
-        self.records.append((key, msgpack.unpackb(_pack(doc), raw=False)))
+        self.records.append((key, msgpack.unpackb(pack(doc), raw=False)))
         if status is not None:
             self.statuses[status[0]] = status[1]
 
@@ -115,9 +101,9 @@ def open_sink(redis_url: str | None, work_root: Path, *, spool_dir: Path | None 
 
         from sandbox_runner.events.spool import SpoolSink
 
-        return SpoolSink(RedisSink(redis_url), spool_dir or work_root / "events" / "spool",
+        return SpoolSink(RedisSink(redis_url), spool_dir or WorkRoot(work_root).event_spool,
                          source=source or f"sandbox-runner@{socket.gethostname()}")
-    return FileSink(work_root / "events" / "events.msgpack")
+    return FileSink(WorkRoot(work_root).event_file)
 
 
 def read_file_events(path: Path) -> Iterator[dict[str, Any]]:

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from sandbox_runner.errors import EventSinkError
-from sandbox_runner.events.sinks import EventSink, _pack
+from sandbox_runner.events.base import EventSink, pack
 from sandbox_runner.events.spoolfile import SUFFIX, Segment, Sequence, orphans, safe_name
 
 log = structlog.get_logger("sandbox_runner.events")
@@ -117,7 +117,7 @@ class SpoolSink:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._own = Segment(path, fd)
-            self._own.append(_pack(record))
+            self._own.append(pack(record))
         except OSError as exc:
             raise EventSinkError(f"event sink down and cannot spool to {self.directory}: {exc.strerror}") from None
 

@@ -17,7 +17,7 @@ import msgpack
 import structlog
 
 from sandbox_runner.errors import EventSinkError
-from sandbox_runner.events.sinks import EventSink
+from sandbox_runner.events.base import EventSink
 
 log = structlog.get_logger("sandbox_runner.events")
 

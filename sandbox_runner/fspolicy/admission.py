@@ -27,12 +27,10 @@ from sandbox_runner.errors import DiskSpaceError
 from sandbox_runner.fspolicy.policy import FsPolicy
 from sandbox_runner.fspolicy.report import Space
 from sandbox_runner.units import format_size
+from sandbox_runner.workroot import WorkRoot
 
 if TYPE_CHECKING:
     from sandbox_runner.events.emitter import Emitter
-
-RESERVATIONS = "reservations"
-
 
 @contextlib.contextmanager
 def root_lock(root: str) -> Iterator[None]:
@@ -77,7 +75,7 @@ def live_reservations(root: str, *, clean: bool = True) -> Reserved:
     """Sum the reservations whose holder is alive; delete those whose holder died (``clean``).
 
     Call under :func:`root_lock`, so no reservation is being written while it is read."""
-    rdir = os.path.join(root, RESERVATIONS)
+    rdir = os.fspath(WorkRoot(Path(root)).reservations)
     total = Reserved()
     try:
         it = os.scandir(rdir)
@@ -110,7 +108,7 @@ def live_reservations(root: str, *, clean: bool = True) -> Reserved:
 
 
 def _reserve(root: str, need_bytes: int, need_inodes: int, job_id: str) -> Reservation:
-    rdir = os.path.join(root, RESERVATIONS)
+    rdir = os.fspath(WorkRoot(Path(root)).reservations)
     with contextlib.suppress(FileExistsError):
         os.mkdir(rdir, 0o755)
     path = os.path.join(rdir, f"{os.getpid()}-{uuid.uuid4().hex}.json")

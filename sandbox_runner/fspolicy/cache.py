@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-CACHE = "cache"
+from sandbox_runner.workroot import WorkRoot
+
 BATCH = 256
 
 
@@ -64,7 +65,7 @@ def open_cache(root: str) -> EvictableCache:
     """The localizer's cache under ``root`` (:class:`sandbox_runner.cache.Cache` implements the protocol)."""
     from sandbox_runner.cache import Cache
 
-    cache_dir = os.path.join(root, CACHE)
+    cache_dir = os.fspath(WorkRoot(Path(root)).cache)
     if os.path.islink(cache_dir):
         return _NoCache()
     return Cache(Path(cache_dir))

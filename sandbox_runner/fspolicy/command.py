@@ -31,7 +31,7 @@ def scrub(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_runner.worker.root import pin_work_root
 
     settings = pin_work_root(settings.with_overrides(work_root=args.work_root))  # where the worker's jobs land
-    root = settings.work_root or settings.default_work_root
+    root = settings.node_root
     policy = load_fs_policy(settings.fs_policy)
     if not root.is_dir():
         print(f"{root}: no work root here, nothing to scrub")

@@ -32,6 +32,7 @@ from sandbox_runner.fspolicy.jobdirs import (
 )
 from sandbox_runner.fspolicy.policy import JOB_RUNGS, FsPolicy
 from sandbox_runner.fspolicy.report import Action, Report, Space
+from sandbox_runner.workroot import WorkRoot
 
 if TYPE_CHECKING:
     from sandbox_runner.events.emitter import Emitter
@@ -78,7 +79,7 @@ class Scrubber:
     # -- the ladder --------------------------------------------------------------------------------------------
     def ladder(self, want_bytes: int, want_inodes: int) -> bool:
         """Scrub until ``want_bytes`` and ``want_inodes`` are free. True when they are."""
-        qdir = q.ensure_dir(self.root) if not self.dry_run else os.path.join(self.root, q.QUARANTINE)
+        qdir = q.ensure_dir(self.root) if not self.dry_run else os.fspath(WorkRoot(Path(self.root)).quarantine)
         pending: list[int] | None = None
         for rung in self.policy.order:
             if self.shortfall(want_bytes, want_inodes) == (0, 0):
@@ -120,7 +121,7 @@ class Scrubber:
     def candidates(self, rung: str) -> Iterator[JobDir]:
         """Job dirs this rung may quarantine, oldest first; reports crashed jobs it passes on the way."""
         now, pol = self.clock(), self.policy
-        for path in iter_job_paths(os.path.join(self.root, "jobs")):
+        for path in iter_job_paths(os.fspath(WorkRoot(Path(self.root)).jobs)):
             if path in self.protect:
                 continue
             job = classify(path)
@@ -160,13 +161,13 @@ class Scrubber:
             self._purge(q.Entry(job.job_id, job.path, size, inodes, 0.0), reason)
             size = inodes = 0
         # empty time dirs cost an inode each, and a full-inode disk is what we may be fixing
-        prune_empty_parents(job.path, os.path.join(self.root, "jobs"), self.clock())
+        prune_empty_parents(job.path, os.fspath(WorkRoot(Path(self.root)).jobs), self.clock())
         return size, inodes
 
     # -- housekeeping (periodic and manual scrubs) -------------------------------------------------------------
     def housekeeping(self) -> None:
         """What a scrub does even when space is fine: quarantine TTL, the cache cap, crashed-job discovery."""
-        qdir = os.path.join(self.root, q.QUARANTINE)
+        qdir = os.fspath(WorkRoot(Path(self.root)).quarantine)
         if not os.path.islink(qdir):
             horizon = self.clock() - self.policy.quarantine_ttl
             for entry in q.oldest_first(qdir, measure, after=self._q_cursor):

@@ -21,8 +21,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-QUARANTINE = "quarantine"
+from sandbox_runner.workroot import WorkRoot
+
 BATCH = 256
 
 
@@ -94,7 +96,7 @@ def ensure_dir(root: str) -> str | None:
 
     A symlinked quarantine would make the rename carry a job dir out of the root, so it is refused.
     """
-    qdir = os.path.join(root, QUARANTINE)
+    qdir = os.fspath(WorkRoot(Path(root)).quarantine)
     try:
         os.mkdir(qdir, 0o755)
     except FileExistsError:

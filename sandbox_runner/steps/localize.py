@@ -18,6 +18,7 @@ from sandbox_runner.steps.base import JobContext
 from sandbox_runner.transfer import Transfers, scheme_of
 from sandbox_runner.transfer.digests import file_digests, read_sidecar, sidecar_algo
 from sandbox_runner.transfer.progress import Progress
+from sandbox_runner.workroot import WorkRoot
 
 LOCALIZED = ".localized"
 
@@ -26,7 +27,7 @@ def cache_root(ctx: JobContext) -> Path:
     if ctx.settings.cache_dir is not None:
         return ctx.settings.cache_dir
     assert ctx.work_root is not None
-    return ctx.work_root / "cache"
+    return WorkRoot(ctx.work_root).cache
 
 
 def _target(job_dir: Path, url: str, local_path: Any, where: str) -> Path:

@@ -6,6 +6,7 @@ import json
 import time
 from typing import ClassVar
 
+from sandbox_runner.backends.factory import BackendFactory
 from sandbox_runner.container import build_spec, docker_params
 from sandbox_runner.events.documents import iso_now
 from sandbox_runner.hostfacts import host_facts
@@ -93,7 +94,7 @@ class BuildContainer:
     name: ClassVar[str] = "container"
     always: ClassVar[bool] = False
 
-    def __init__(self, backend_for: object) -> None:
+    def __init__(self, backend_for: BackendFactory) -> None:
         self.backend_for = backend_for
         #: mount policy per work root, read once (a bad file raises each time: one job-failed per job)
         self._policies: dict[str, MountPolicy] = {}
@@ -106,7 +107,7 @@ class BuildContainer:
             self._policies[root] = load_mount_policy(ctx.settings.mount_policy, env=ctx.settings.env,
                                                      work_root=root)
         ctx.spec = spec = build_spec(ctx, str(wd.path), self._policies[root])
-        ctx.backend = self.backend_for(ctx.settings, spec)  # type: ignore[operator]
+        ctx.backend = self.backend_for(ctx.settings, spec)
         backend_name = ctx.backend.name
         wd.write_json("_docker_params.json", docker_params(spec))
         wd.write_text("_run.sh", render_run_script(spec, backend_name, ctx.settings.podman_socket), 0o755)

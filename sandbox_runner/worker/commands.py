@@ -26,7 +26,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("name at least one queue with -Q", field="queues")
     from sandbox_runner.worker.root import pin_work_root
 
-    lock_dir = pin_work_root(settings).node_root / "workers"  # the same dir boot() holds the name in
+    lock_dir = pin_work_root(settings).workroot.workers  # the same dir boot() holds the name in
     if args.name:
         name = args.name.replace("%h", socket.gethostname())
         name = name if "@" in name else f"celery@{name}"
@@ -86,7 +86,7 @@ def _docs(args: argparse.Namespace, settings: Settings) -> Iterable[dict[str, An
     url = args.redis_url or settings.redis_url
     if url and not args.file:
         return (r["doc"] for r in read_redis_events(url, args.key or settings.status_key))
-    path = args.file or settings.node_root / "events" / "events.msgpack"
+    path = args.file or settings.workroot.event_file
     return (r.get("doc", r) for r in read_file_events(path)) if path.exists() else iter(())
 
 

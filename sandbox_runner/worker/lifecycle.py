@@ -136,7 +136,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     global _service, _heart
     name = str(w.hostname)
     settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
-    if not hold_name(name, settings.node_root / "workers"):
+    if not hold_name(name, settings.workroot.workers):
         raise ConfigError(f"another worker named {name} is running on this host", field="worker_name")
     queues = sorted(w.app.amqp.queues.consume_from)
     fields: dict[str, Any] = {**name_fields(name), "worker_queues": queues}

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from sandbox_runner.events.documents import job_info_of
 from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import Settings
-
-if TYPE_CHECKING:
-    from sandbox_runner.worker.service import TaskInfo
+from sandbox_runner.worker.delivery import TaskInfo
 
 log = structlog.get_logger("sandbox_runner.worker")
 #: what HySDS reports when the soft limit fires: ``str(celery.exceptions.SoftTimeLimitExceeded())``

@@ -162,7 +162,7 @@ def reconcile(settings: Settings, emitter: Emitter, guard: LeaseGuard | None, *,
         _podman_leftovers(settings, exit_codes, result)
     candidates = list(exit_codes)
     seen = set(candidates)
-    for path in iter_job_paths(str(settings.node_root / "jobs")):
+    for path in iter_job_paths(str(settings.workroot.jobs)):
         if path not in seen and os.path.lexists(os.path.join(path, RUNNING)):
             candidates.append(path)
     for path in candidates:

@@ -14,28 +14,23 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
+from sandbox_runner.backends.factory import BackendFactory, default_backend_for
 from sandbox_runner.errors import ConfigError, JobFormatError
 from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info_of
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
-from sandbox_runner.runner import (
-    BackendFactory,
-    JobOutcome,
-    JobRunner,
-    decode_job,
-    default_backend_for,
-    default_steps,
-)
+from sandbox_runner.runner import JobOutcome, JobRunner, decode_job, default_steps
 from sandbox_runner.settings import Settings
 from sandbox_runner.steps.base import JobContext
 from sandbox_runner.steps.execute import PostProcess
+from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.drain import DrainGuard
 from sandbox_runner.worker.lease import Admission, Lease, LeaseGuard
 from sandbox_runner.worker.limits import TimeLimits
@@ -49,16 +44,6 @@ log = structlog.get_logger("sandbox_runner.worker")
 SIGNAL_STATUS = {signal.SIGHUP: "job-hangup", signal.SIGINT: "job-interrupted", signal.SIGQUIT: "job-quit",
                  signal.SIGABRT: "job-aborted", signal.SIGTERM: "job-terminated"}
 _REMEMBER_REVOKED = 10000
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What the edge knows about one delivery."""
-
-    task_id: str
-    delivery_info: dict[str, Any] = field(default_factory=dict)
-    hard_limit: float | None = None
-    soft_limit: float | None = None
 
 
 class FenceCheck:
