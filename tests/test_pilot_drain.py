@@ -143,3 +143,18 @@ def test_pilot_facts_from_the_scheduler() -> None:
                          "SANDBOX_RUNNER_PILOT_KILL_WAIT": "20"}, 60)
     assert (pbs.pilot, pbs.end, pbs.kill_wait, pbs.grace) == ("pbs:1234", 1_800_000_000, 20, 60)
     assert ask_scheduler({}, 60) == Walltime()
+
+
+def test_the_pilot_stops_when_a_handed_back_job_comes_round_with_nothing_run_since() -> None:
+    from sandbox_runner.hpc.admission import WalltimeGate
+
+    stops: list[bool] = []
+    gate = WalltimeGate(Walltime(time.time() + 100, grace=10, pilot="slurm:7"),
+                        Emitter(MemorySink(), hostname="h"), lambda: stops.append(True))
+    long_job, short_job = {"job_info": {"time_limit": 600}}, {"job_info": {"time_limit": 30}}
+    assert not gate.fits("long", None, long_job) and gate.refused("long") and not gate.refused("long")
+    assert not gate.fits("other-long", None, long_job) and stops == []  # a different job: the queue goes on
+    assert gate.fits("short", None, short_job) and not gate.refused("short")
+    assert not gate.fits("long", None, long_job) and stops == []  # something ran since it was first seen
+    assert not gate.fits("long", None, long_job) and stops == [True]  # round again, nothing run: give up
+    assert gate.fits("x", 60, long_job)  # the message's own hard limit wins over job_info's

@@ -25,6 +25,7 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
+from sandbox_runner.hpc.admission import WalltimeGate
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.runner import JobOutcome, JobRunner, decode_job, default_steps
 from sandbox_runner.settings import Settings
@@ -82,10 +83,7 @@ class WorkerService:
         self.on_drain = on_drain
         #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
         self.walltime = walltime or Walltime()
-        self.on_exhausted = on_exhausted
-        #: task ids refused by walltime since a job was last admitted; one seen twice: the queue has come round
-        self._handed_back: set[str] = set()
-        self._to_tail: set[str] = set()
+        self._walltime_gate = WalltimeGate(self.walltime, emitter, on_exhausted)
         #: inside a pilot: its drain at walltime / scancel (hpc/handback.py), set by the lifecycle
         self.pilot: PilotDrain | None = None
         #: shared by every job's runner (each gets its own list): the policies they read are read once
@@ -168,34 +166,12 @@ class WorkerService:
             self._scrubbing.release()
 
     def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
-        """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
-        job-failed, no retry burned) for a worker with time. The edge hands the message to the queue's *tail*
-        (:meth:`refused_for_walltime`), so the jobs behind it come here next; when a job handed back comes round
-        again with nothing admitted since, nothing in the queue fits this pilot's time: it stops
-        (``on_exhausted``) and frees the allocation."""
-        limit = job_time_limit(task.hard_limit, job)
-        with self._lock:
-            if self.walltime.admits(limit):
-                self._handed_back.clear()
-                return True
-            again = task.task_id in self._handed_back
-            self._handed_back.add(task.task_id)
-            self._to_tail.add(task.task_id)
-        left = self.walltime.left()
-        self.emitter.event("pilot", "handed_back", {
-            "task_id": task.task_id, "job_id": job.get("job_id"), "time_limit": limit,
-            "time_left": round(left or 0.0, 1), "pilot": self.walltime.pilot})
-        if again and self.on_exhausted is not None:
-            self.on_exhausted()
-        return False
+        """Inside a pilot: does the job fit before the allocation ends? (hpc/admission.py)"""
+        return self._walltime_gate.fits(task.task_id, task.hard_limit, job)
 
     def refused_for_walltime(self, task_id: str) -> bool:
-        """Was this delivery refused for the pilot's walltime (not because the worker stops)? Asked once."""
-        with self._lock:
-            if task_id not in self._to_tail:
-                return False
-            self._to_tail.discard(task_id)
-            return True
+        """Was this delivery refused for the pilot's walltime (the edge hands it to the queue's tail)?"""
+        return self._walltime_gate.refused(task_id)
 
     def _finish(self, job: dict[str, Any], status: str, t0: float, *, outcome: JobOutcome | None = None,
                 error: str | None = None) -> dict[str, Any]:
