@@ -1,6 +1,6 @@
 """Shared by benchmarks/localize.py and benchmarks/publish.py: a job context, a loopback server process, timing.
 
-The HTTP server runs in its own process (tests/servers.py's FileServer, sendfile for bodies), so neither the
+The HTTP server runs in its own process (tests/support/servers.py's FileServer, sendfile for bodies), so neither the
 baseline nor sandbox_runner shares an interpreter with it.
 """
 
@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from sandbox_runner.events import Emitter, MemorySink  # noqa: E402
+from sandbox_runner.job.steps.base import JobContext  # noqa: E402
+from sandbox_runner.job.workdir import WorkDir  # noqa: E402
 from sandbox_runner.settings import load_settings  # noqa: E402
-from sandbox_runner.steps.base import JobContext  # noqa: E402
-from sandbox_runner.workdir import WorkDir  # noqa: E402
 
 MiB = 1 << 20
 
@@ -30,7 +30,7 @@ _SERVE = """
 import sys, time
 sys.path[:0] = [sys.argv[1]]
 from pathlib import Path
-from servers import FileServer
+from support.servers import FileServer
 server = FileServer(Path(sys.argv[2]))
 server.faults.delay = float(sys.argv[3])
 print(server.url, flush=True)

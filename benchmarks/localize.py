@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _data import MiB, ServerProcess, interleaved, machine, make_ctx, payload_file
 
-from sandbox_runner.steps.localize import localize_urls
+from sandbox_runner.data.localize.steps import localize_urls
 
 
 def throughput(base: Path, size_mib: int, trials: int) -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from _data import MiB, interleaved, machine, make_ctx, payload_file
 
+from sandbox_runner.data.publish.steps import publish_datasets
+from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.models import load_datasets_config
-from sandbox_runner.steps.base import JobContext
-from sandbox_runner.steps.publish import publish_datasets
 
 PROD = "BENCH_20240101"
 

@@ -39,6 +39,13 @@ class Settings:
     mount_policy: Path | None = None
     fs_policy: Path | None = None
     network_policy: Path | None = None
+    #: what a job may share of the worker beyond its job dir: the engine socket, HySDS's work-root mounts
+    #: (``policies/sharing.toml``); None = the shipped default (nothing)
+    sharing_policy: Path | None = None
+    #: the worker's Celery config (HySDS's ``HYSDS_CELERY_CFG``), mounted read-only at ``<job_dir>/celeryconfig.py``
+    celery_cfg: Path | None = None
+    #: HySDS's ``HYSDS_GPU_AVAILABLE``: 0 = this node has no GPUs, and a job's ``runtime_options.gpus`` is dropped
+    gpu_available: int = 0
     #: the name this worker reports as ``celery_hostname`` (HySDS: ``celery@<program>.<NN>.<host>``).
     worker_name: str = field(default_factory=lambda: f"sandbox-runner@{socket.gethostname()}")
     #: overrides the filesystem policy's ``free.space_percent`` when set
@@ -122,6 +129,7 @@ _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_MOUNT_POLICY": "mount_policy",
     "SANDBOX_RUNNER_POLICY": "fs_policy",
     "SANDBOX_RUNNER_NETWORK_POLICY": "network_policy",
+    "SANDBOX_RUNNER_SHARING_POLICY": "sharing_policy",
     "SANDBOX_RUNNER_WORKER_NAME": "worker_name",
     "SANDBOX_RUNNER_MIN_FREE_PERCENT": "min_free_percent",
     "SANDBOX_RUNNER_STOP_GRACE": "stop_grace",
@@ -147,6 +155,8 @@ _ENV_MAP: dict[str, str] = {
     # HySDS's own variables (lower precedence than ours; applied first).
     "HYSDS_WORKER_CFG": "worker_cfg",
     "HYSDS_DATASETS_CFG": "datasets_cfg",
+    "HYSDS_CELERY_CFG": "celery_cfg",
+    "HYSDS_GPU_AVAILABLE": "gpu_available",
 }
 _HYSDS_FALLBACKS = {"HYSDS_ROOT_WORK_DIR": "work_root"}
 

@@ -20,7 +20,7 @@ from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.events.sinks import MemorySink
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import Settings, load_settings
 
 __all__ = ["CapturedEvents", "FakeBackend", "capture_events", "fake_runner"]

@@ -3,7 +3,7 @@
 A work root is shared by every job and worker of one user on one node (HYSDS-WORKER.md section 1.4 for
 ``jobs/``)::
 
-    <root>/jobs/YYYY/MM/DD/HH/MI/<job_id>/   one dir per job (owned by :class:`sandbox_runner.workdir.WorkDir`)
+    <root>/jobs/YYYY/MM/DD/HH/MI/<job_id>/   one dir per job (owned by :class:`sandbox_runner.job.workdir.WorkDir`)
     <root>/cache/                            the localizer's content cache
     <root>/quarantine/                       job dirs moved aside by the scrubber, purged later
     <root>/reservations/                     disk reservations of admitted, still-running jobs

@@ -8,13 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-from servers import FileServer
+from support.servers import FileServer
 
-from sandbox_runner.cache import Cache, url_key
+from sandbox_runner.data.localize.cache import Cache, url_key
+from sandbox_runner.data.localize.steps import localize_urls
 from sandbox_runner.fspolicy.cache import lru_order, open_cache
-from sandbox_runner.steps.localize import localize_urls
-
-pytest_plugins = ["datafixtures"]
 
 
 def _fill(make_ctx, http: FileServer, names: list[str]):  # type: ignore[no-untyped-def]

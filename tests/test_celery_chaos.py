@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 import pytest
-from celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
-from conftest import Worker, make_job
+from support.celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
+from support.jobs import make_job
+from support.machine import Worker
 
-pytest_plugins = ["celery_fixtures"]
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
 JOBS, KILLS = 30, 3

@@ -13,12 +13,11 @@ import uuid
 from typing import Any
 
 import pytest
-from celery_helpers import OwnRedis, client, job_docs, wait_for
-from conftest import make_job, read_status_list
+from support.celery_helpers import OwnRedis, client, job_docs, wait_for
+from support.jobs import make_job, read_status_list
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 
-pytest_plugins = ["celery_fixtures"]  # rabbit_url, own_redis, run_dir, start_worker
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 TASK = "hysds.job_worker.run_job"
 

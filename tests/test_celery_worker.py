@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import redis
 from celery.exceptions import TaskRevokedError
-from celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
-from conftest import Worker, make_job, read_status_list
+from support.celery_helpers import OwnRedis, client, containers, job_docs, statuses, wait_for
+from support.jobs import make_job, read_status_list
+from support.machine import Worker
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 
-pytest_plugins = ["celery_fixtures"]  # rabbit_url, own_redis, run_dir, start_worker
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 TASK_NAMES = ["sandbox_runner.run_job", "hysds.job_worker.run_job"]
 
@@ -505,7 +505,7 @@ def test_a_root_from_the_worker_config_only_is_reconciled(start_worker, worker: 
                                                            shared_dir: Path) -> None:
     """No SANDBOX_RUNNER_WORK_ROOT: jobs land under the worker config's root_work_dir, and the restarted worker
     looks there for what its SIGKILLed predecessor left (a bubblewrap job: no container to find it by)."""
-    from conftest import write_job
+    from support.jobs import write_job
 
     cfg = write_job(shared_dir, {"root_work_dir": str(work_root), "configs": [
         {"type": "sr_test", "command": {"path": "sleep", "options": [], "arguments": ["600"], "env": []}}]},

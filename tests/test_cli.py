@@ -6,7 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import HYSDS_SAMPLES, VENV_BIN, corpus_file, corpus_file_as_deployed, make_job, require, write_job
+from support.corpus import HYSDS_SAMPLES, corpus_file, corpus_file_as_deployed
+from support.jobs import make_job, write_job
+from support.machine import VENV_BIN, require
 
 #: hysds_commons' schema example: valid, with a placeholder pre step validate warns about
 COMMONS_SPEC = "hysds__hysds_commons__job-spec.json.valid"

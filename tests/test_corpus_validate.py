@@ -2,7 +2,7 @@
 
 The corpus (job-specs, hysds-io files, worker configs and datasets.json from public deployments) is test data
 read in place from ``$SANDBOX_RUNNER_REFERENCE/hysds-corpus`` (default ``/work/shared/reference``, as
-``conftest.HYSDS_CORPUS``), never copied into the project. Files are saved there as
+``support.corpus.HYSDS_CORPUS``), never copied into the project. Files are saved there as
 ``<owner>__<repo>__<deployed name>``; HySDS tells a file's kind by its deployed name, so each is validated
 through a symlink carrying that name. The corpus README names three hysds_commons files that are broken on
 purpose (its own schema tests expect them to fail).
@@ -13,7 +13,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import HYSDS_CORPUS, VENV_BIN, require
+from support.corpus import HYSDS_CORPUS
+from support.machine import VENV_BIN, require
 
 from sandbox_runner.models import validate_file
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.testing import CapturedEvents, fake_runner
 
 CORPUS = Path("/work/shared/reference/hysds-corpus/jobs")

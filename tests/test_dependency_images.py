@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUSYBOX, BUSYBOX_TAR, Worker, make_job, require
+from support.jobs import make_job
+from support.machine import BUSYBOX, BUSYBOX_TAR, Worker, require
 from test_job_path import job_dir_of, run_job, terminal
 
 from sandbox_runner.backends.base import ContainerSpec, DependencyImage, Mount
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.container import docker_params
+from sandbox_runner.job.container import docker_params
 from sandbox_runner.testing import fake_runner
 
 HYSDS_KEYS = {"image_name", "image_url", "uid", "gid", "user_name", "working_dir", "volumes", "runtime_options"}

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import redis
-from conftest import Worker, make_job
+from support.jobs import make_job
+from support.machine import Worker
 from test_job_path import BACKENDS, backend, image_for, run_job, terminal  # noqa: F401  (backend: fixture)
 
 __all__ = ["BACKENDS"]

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import msgpack
 import redis
-from celery_helpers import OwnRedis, free_port
-from conftest import REPO
+from support.celery_helpers import OwnRedis, free_port
+from support.machine import REPO
 
 from sandbox_runner.events.sinks import RedisSink
 from sandbox_runner.events.spool import SpoolSink
-
-pytest_plugins = ["celery_fixtures"]
 
 
 def _list(url: str, key: str) -> list[dict]:

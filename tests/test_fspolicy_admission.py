@@ -11,14 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_job
+from support.jobs import make_job
+from support.machine import REPO
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.fspolicy import FsPolicy
 from sandbox_runner.fspolicy.admission import live_reservations, root_lock
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import load_settings
 from sandbox_runner.testing import CapturedEvents, fake_runner
 

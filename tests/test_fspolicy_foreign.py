@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Worker, require
-from fsjobs import T0, make_job_dir, tmpfs
+from support.fsjobs import T0, make_job_dir, tmpfs
+from support.machine import REPO, Worker, require
 
 from sandbox_runner.fspolicy import FsPolicy, admit
 from sandbox_runner.testing import capture_events

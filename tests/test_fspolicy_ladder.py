@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fsjobs import PAGE, fill, free_bytes, make_job_dir
+from support.fsjobs import PAGE, fill, free_bytes, make_job_dir
 
-from sandbox_runner.cache import url_key
+from sandbox_runner.data.localize.cache import url_key
 from sandbox_runner.errors import DiskSpaceError
 from sandbox_runner.fspolicy import FsPolicy, admit, scrub_once
 from sandbox_runner.fspolicy.ladder import Scrubber

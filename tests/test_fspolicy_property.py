@@ -7,9 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from fsjobs import make_job_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.fsjobs import make_job_dir
 
 from sandbox_runner.fspolicy import FsPolicy, scrub_once
 from sandbox_runner.fspolicy.ladder import Scrubber

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO
-from fsjobs import make_job_dir
+from support.fsjobs import make_job_dir
+from support.machine import REPO
 
 from sandbox_runner.fspolicy import FsPolicy, PeriodicScrubber
 from sandbox_runner.fspolicy.quarantine import entry_name

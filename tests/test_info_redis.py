@@ -9,15 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from celery_helpers import OwnRedis, free_port, wait_for
-from conftest import make_job, read_status_list
+from support.celery_helpers import OwnRedis, free_port, wait_for
+from support.jobs import make_job, read_status_list
 
 from sandbox_runner.backends.fake import FakeBackend
 from sandbox_runner.events import Emitter
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import load_settings
-
-pytest_plugins = ["celery_fixtures"]  # own_redis
 
 
 def _run(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:

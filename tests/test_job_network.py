@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Worker, make_job, read_status_list, write_job
+from support.jobs import make_job, read_status_list, write_job
+from support.machine import Worker
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import BUSYBOX, Worker, make_job, read_status_list, write_job
+from support.jobs import make_job, read_status_list, write_job
+from support.machine import BUSYBOX, Worker
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 
@@ -190,7 +191,7 @@ def test_missing_image_fails_clearly(podman_ready: Worker, shared_dir: Path, wor
 
 def test_image_loaded_from_container_image_url(podman_ready: Worker, shared_dir: Path, work_root: Path,
                                                redis_url: str, status_key: str) -> None:
-    from conftest import BUSYBOX_TAR
+    from support.machine import BUSYBOX_TAR
 
     assert BUSYBOX_TAR.exists(), "make setup writes the busybox tarball"
     name = f"localhost/sandbox-runner/loaded-{os.urandom(3).hex()}:1"
@@ -244,7 +245,7 @@ def test_events_file_when_no_redis(worker: Worker, shared_dir: Path, work_root: 
 
 
 def test_stand_alone_script_with_hysds_env(worker: Worker, shared_dir: Path, work_root: Path) -> None:
-    from conftest import REPO
+    from support.machine import REPO
 
     cfg = write_job(shared_dir, {"root_work_dir": str(work_root), "configs": [
         {"type": "sr_test", "command": {"path": "echo", "options": [], "arguments": ["$echo_var"], "env": []}}]},

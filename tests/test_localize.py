@@ -10,14 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from servers import FileServer
+from support.servers import FileServer
 
-from sandbox_runner.cache import Cache
+from sandbox_runner.data.localize.cache import Cache
+from sandbox_runner.data.localize.steps import localize_urls, mark_localized_datasets, validate_checksum_files
+from sandbox_runner.data.transfer.progress import Progress
 from sandbox_runner.errors import IntegrityError, JobFormatError, TransferError
-from sandbox_runner.steps.localize import localize_urls, mark_localized_datasets, validate_checksum_files
-from sandbox_runner.transfer.progress import Progress
-
-pytest_plugins = ["datafixtures"]
 
 MiB = 1 << 20
 

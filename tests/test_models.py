@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import HYSDS_SAMPLES, corpus_file, corpus_file_as_deployed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.corpus import HYSDS_SAMPLES, corpus_file, corpus_file_as_deployed
 
 from sandbox_runner.errors import ConfigError, InputError, JobFormatError
 from sandbox_runner.models import (

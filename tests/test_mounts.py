@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sandbox_runner.backends.base import Mount
 from sandbox_runner.errors import ConfigError, MountPolicyError
-from sandbox_runner.mounts import MountPolicy, load_mount_policy, resolve_mounts
+from sandbox_runner.policy.mounts import MountPolicy, load_mount_policy, resolve_mounts
 
 JOB = "/work/jobs/2026/01/01/00/00/job-1"
 

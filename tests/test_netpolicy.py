@@ -1,4 +1,4 @@
-"""The network choice (sandbox_runner.netpolicy): the node's default, the policy's deny/allow, and its file."""
+"""The network choice (sandbox_runner.policy.network): the node's default, the policy's deny/allow, and its file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_runner.errors import ConfigError
-from sandbox_runner.netpolicy import NetworkPolicy, choose_network, load_network_policy, node_network
+from sandbox_runner.policy.network import NetworkPolicy, choose_network, load_network_policy, node_network
 
 ROOTLESS, ROOTFUL_TUN, ROOTFUL_NO_TUN = (True, True), (False, True), (False, False)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_runner.cli import _parser
-from sandbox_runner.hpc.command import slurm_submit
+from sandbox_runner.cli.hpc import slurm_submit
+from sandbox_runner.cli.main import _parser
 from sandbox_runner.hpc.pbs import PBS, pbs_walltime
 from sandbox_runner.hpc.pilot import PilotRequest, worker_pattern
 from sandbox_runner.hpc.scheduler import scheduler_for

@@ -1,6 +1,6 @@
 """PodmanBackend against srunner's real rootless podman service, with the backend itself running as srunner.
 
-pytest runs as root; every job goes through tests/podman_harness.py started with ``runuser -u srunner``, so the
+pytest runs as root; every job goes through tests/support/podman_harness.py started with ``runuser -u srunner``, so the
 backend talks to the service exactly as the worker does (its own uid, its own socket, keep-id mapping). Job dirs
 live in a temp dir owned by srunner. Skips without srunner/.venv/socket/test image, fails instead under CI=true.
 """
@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUSYBOX, BUSYBOX_TAR, VENV_BIN, Worker, require
+from support.machine import BUSYBOX, BUSYBOX_TAR, VENV_BIN, Worker, require
 
-from sandbox_runner.backends.podman_api import APIError, PodmanAPI
+from sandbox_runner.backends.podman.api import APIError, PodmanAPI
 
 pytestmark = pytest.mark.podman
 
-HARNESS = Path(__file__).with_name("podman_harness.py")
+HARNESS = Path(__file__).parent / "support" / "podman_harness.py"
 
 
 @dataclass

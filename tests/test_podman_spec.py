@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sandbox_runner.backends.base import ContainerSpec, Mount
-from sandbox_runner.backends.podman_api import PodmanAPI, _encode_params, socket_path
-from sandbox_runner.backends.podman_options import map_runtime_options
-from sandbox_runner.backends.podman_service import default_socket_url
-from sandbox_runner.backends.podman_spec import build_create_body, refuse_engine_socket, userns_and_user
+from sandbox_runner.backends.podman.api import PodmanAPI, _encode_params, socket_path
+from sandbox_runner.backends.podman.options import map_runtime_options
+from sandbox_runner.backends.podman.service import default_socket_url
+from sandbox_runner.backends.podman.spec import build_create_body, refuse_engine_socket, userns_and_user
 from sandbox_runner.errors import BackendError
 
 GiB = 1024**3
@@ -71,7 +71,7 @@ def test_limits_of_one_group_merge() -> None:
     }
 
 
-@pytest.mark.parametrize("option", ["gpus", "rm", "detach", "d"])
+@pytest.mark.parametrize("option", ["rm", "detach", "d"])
 def test_ignored_options_leave_a_note(option: str) -> None:
     body, notes = map_runtime_options({option: "all"})
     assert body == {}

@@ -10,17 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from datafixtures import events
-from servers import FileServer
+from support.data_fixtures import events
+from support.servers import FileServer
 
-from sandbox_runner.datasets import destinations
-from sandbox_runner.datasets.publish import find_datasets
+from sandbox_runner.data.localize.steps import mark_localized_datasets
+from sandbox_runner.data.publish import destinations
+from sandbox_runner.data.publish.ingest import find_datasets
+from sandbox_runner.data.publish.steps import publish_datasets
 from sandbox_runner.errors import NoClobberError, PublishError
-from sandbox_runner.steps.base import JobContext
-from sandbox_runner.steps.localize import mark_localized_datasets
-from sandbox_runner.steps.publish import publish_datasets
-
-pytest_plugins = ["datafixtures"]
+from sandbox_runner.job.steps.base import JobContext
 
 
 def _datasets(location: str, **entry: Any) -> dict[str, Any]:
@@ -194,7 +192,7 @@ def test_s3_publish_refuse_and_interrupted(make_ctx, bucket, s3_endpoint: str, m
         publish_datasets(again)
     half = make_ctx(datasets=_datasets(f"s3://{host}/{name}/half/{{id}}"))
     _product(half, files=5)
-    from sandbox_runner.transfer.s3 import S3Transport
+    from sandbox_runner.data.transfer.s3 import S3Transport
 
     real, count = S3Transport.put_file, []
 

@@ -13,9 +13,10 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import BUSYBOX, BUSYBOX_TAR, REPO, make_job, require, write_job
+from support.jobs import make_job, write_job
+from support.machine import BUSYBOX, BUSYBOX_TAR, REPO, require
 
-from sandbox_runner.backends.podman_spec import fit_rootful_rlimits, service_rlimits
+from sandbox_runner.backends.podman.spec import fit_rootful_rlimits, service_rlimits
 
 
 def test_service_rlimits_are_the_peer_process_own(tmp_path: Path) -> None:

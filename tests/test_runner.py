@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_job
+from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.netpolicy import node_network, this_node
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
+from sandbox_runner.policy.network import node_network, this_node
 from sandbox_runner.testing import fake_runner
 
 #: in the runner's environment, so tests can check it never reaches the work dir or a status document

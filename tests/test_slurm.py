@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Worker, make_job, read_status_list, require, write_job
+from support.jobs import make_job, read_status_list, write_job
+from support.machine import Worker, require
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 

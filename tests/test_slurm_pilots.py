@@ -9,13 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery_helpers import client, containers, job_docs, wait_for
-from conftest import Worker, make_job
+from support.celery_helpers import client, containers, job_docs, wait_for
+from support.jobs import make_job
+from support.machine import Worker
 from test_slurm import slurm_up
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
-
-pytest_plugins = ["celery_fixtures"]
 
 
 def send(broker: str, backend: str, queue: str, job: dict[str, Any]) -> None:
@@ -100,7 +99,7 @@ def pilot_env(user: Worker, work_root: Path, redis_url: str, status_key: str, ra
 def test_a_job_longer_than_the_pilots_walltime_is_handed_back_not_started(
         podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str, rabbit_url: str,
         start_worker: Any) -> None:
-    from conftest import read_status_list
+    from support.jobs import read_status_list
 
     slurm_up()
     queue = f"srq-{uuid.uuid4().hex[:8]}"
@@ -137,7 +136,7 @@ def test_a_job_longer_than_the_pilots_walltime_is_handed_back_not_started(
 def test_autoscale_submits_a_pilot_for_a_waiting_job_and_none_for_an_empty_queue(
         podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str,
         rabbit_url: str) -> None:
-    from conftest import read_status_list
+    from support.jobs import read_status_list
 
     slurm_up()
     queue = f"srq-{uuid.uuid4().hex[:8]}"

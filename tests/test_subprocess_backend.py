@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from conftest import VENV_BIN, Worker, require
+from support.machine import VENV_BIN, Worker, require
 
 from sandbox_runner.backends import subprocess as subprocess_backend
 from sandbox_runner.backends.base import Backend, ContainerSpec, JobIO, Mount, RunResult

@@ -8,23 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import corpus_file, make_job
-from datafixtures import events
-from servers import FileServer
+from support.corpus import corpus_file
+from support.data_fixtures import events
+from support.jobs import make_job
+from support.servers import FileServer
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.datasets import bundle
+from sandbox_runner.data.localize import steps as localize
+from sandbox_runner.data.publish import steps as publish
+from sandbox_runner.data.triage import bundle
+from sandbox_runner.data.triage import steps as triage_step
+from sandbox_runner.data.triage.steps import triage
+from sandbox_runner.job.runner import JobRunner
+from sandbox_runner.job.steps import registry
 from sandbox_runner.models import load_job_spec
 from sandbox_runner.redact import redact_text, redact_url
-from sandbox_runner.runner import JobRunner
 from sandbox_runner.settings import load_settings
-from sandbox_runner.steps import localize, publish, registry
-from sandbox_runner.steps import triage as triage_step
-from sandbox_runner.steps.triage import triage
 from sandbox_runner.testing import CapturedEvents, fake_runner
-
-pytest_plugins = ["datafixtures"]
 
 OPERA_SPEC = "nasa__opera-sds-pcm__job-spec.json.SCIFLO_L3_DSWx_HLS"  # in the reference corpus
 SECRETS = ("hunter2", "s3cr3t-value-42", "deadbeefsig", "AKIAEXAMPLEKEY")

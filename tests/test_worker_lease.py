@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from celery_helpers import free_port
+from support.celery_helpers import free_port
 
 from sandbox_runner.worker.lease import LeaseGuard
 

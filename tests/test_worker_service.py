@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_job
+from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
+from sandbox_runner.job.steps import registry
 from sandbox_runner.settings import load_settings
-from sandbox_runner.steps import registry
 from sandbox_runner.testing import CapturedEvents, capture_events, fake_runner
 from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.lease import LeaseGuard
@@ -145,7 +145,7 @@ def test_a_run_fenced_out_before_publishing_publishes_nothing(tmp_path: Path, re
 def test_the_worker_scrubs_between_jobs_once_per_interval(tmp_path: Path) -> None:
     import time
 
-    from fsjobs import make_job_dir
+    from support.fsjobs import make_job_dir
 
     from sandbox_runner.fspolicy.quarantine import entry_name
 

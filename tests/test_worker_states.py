@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox_runner.worker.commands import worker_states
+from sandbox_runner.cli.workers import worker_states
 
 
 def test_worker_states() -> None:

@@ -66,6 +66,8 @@ class ContainerSpec:
     stop_grace: float = 10.0
     #: images the backend makes present before the job starts (``job_specification.dependency_images``)
     dependencies: tuple[DependencyImage, ...] = ()
+    #: the engine's socket, given to this job by the sharing policy (sandbox_runner.policy.sharing); None = not given
+    engine_socket: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form written to ``_docker_params.json`` and printed by ``--dry-run``."""
@@ -83,6 +85,7 @@ class ContainerSpec:
             "labels": dict(self.labels),
             "runtime_options": dict(self.runtime_options),
             "dependency_images": [{"image": d.image, "image_url": d.image_url} for d in self.dependencies],
+            "engine_socket": self.engine_socket,
         }
 
 

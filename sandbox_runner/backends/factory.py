@@ -26,6 +26,6 @@ def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
         from sandbox_runner.backends.subprocess import SubprocessBackend
 
         return SubprocessBackend(env=settings.env)
-    from sandbox_runner.backends.podman import PodmanBackend
+    from sandbox_runner.backends.podman.backend import PodmanBackend
 
     return PodmanBackend(settings.podman_socket, worker=settings.worker_name)

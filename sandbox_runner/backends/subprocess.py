@@ -149,6 +149,8 @@ class SubprocessBackend:
             raise BackendError(f"job {spec.name}: empty command")
         if not os.path.isabs(spec.workdir) or not os.path.isdir(spec.workdir):
             raise BackendError(f"job {spec.name}: work dir {spec.workdir} is not an absolute directory")
+        if spec.engine_socket is not None:  # the sharing policy grants it to podman jobs only
+            raise BackendError(f"job {spec.name}: the engine socket is given only by the podman backend")
         if spec.image:
             detail = "the subprocess backend runs no container: the command runs on the host's root filesystem"
             _warn_once("subprocess-image-ignored", job=spec.name, image=spec.image, detail=detail)

@@ -1,6 +1,6 @@
 """The localize cache as the scrubber sees it: entries with a last use, evicted least-recently-used first.
 
-The cache itself belongs to the localizer (``<root>/cache/``, :mod:`sandbox_runner.cache`): it knows which
+The cache itself belongs to the localizer (``<root>/cache/``, :mod:`sandbox_runner.data.localize.cache`): it knows which
 entries a job holds or has linked, so eviction goes through its ``evict``. The scrubber only needs
 :class:`EvictableCache`: entries with a last use (``.localized``'s mtime), evict one, total size.
 
@@ -62,8 +62,9 @@ class _NoCache:
 
 
 def open_cache(root: str) -> EvictableCache:
-    """The localizer's cache under ``root`` (:class:`sandbox_runner.cache.Cache` implements the protocol)."""
-    from sandbox_runner.cache import Cache
+    """The localizer's cache under ``root`` (:class:`sandbox_runner.data.localize.cache.Cache` implements the
+    protocol)."""
+    from sandbox_runner.data.localize.cache import Cache
 
     cache_dir = os.fspath(WorkRoot(Path(root)).cache)
     if os.path.islink(cache_dir):

@@ -22,7 +22,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sandbox_runner.workdir import DONE, RUNNING
+from sandbox_runner.job.workdir import DONE, RUNNING
 
 CRASHED_NOTE = ".crashed"  # written once when a crashed job is first reported, so the event is not repeated
 _TIME_LEVELS = (4, 2, 2, 2, 2)  # digits of YYYY, MM, DD, HH, MI

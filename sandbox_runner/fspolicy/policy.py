@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_runner.errors import ConfigError, JobFormatError
-from sandbox_runner.policyfile import read_policy
+from sandbox_runner.policy.files import read_policy
 from sandbox_runner.units import parse_size
 
 RUNGS = ("succeeded", "failed", "quarantine", "cache")

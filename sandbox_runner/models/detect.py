@@ -110,7 +110,7 @@ def step_warnings(path: str) -> list[str]:
     the worker's plugins. hysds_commons' own example job-specs name ``some.python.preprocessor.function``.
     Call only on a file :func:`validate_file` accepted.
     """
-    from sandbox_runner.steps.registry import unknown_steps  # the models do not depend on steps otherwise
+    from sandbox_runner.job.steps.registry import unknown_steps  # the models do not depend on steps otherwise
 
     try:
         with open(path, "rb") as fh:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from sandbox_runner.events.documents import job_info_of
-from sandbox_runner.runner import JobRunner
+from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.delivery import TaskInfo
 
@@ -49,8 +49,8 @@ def limits_for(task: TaskInfo, job: dict[str, Any]) -> tuple[float | None, float
 
 def reap_task_containers(settings: Settings, task_id: str) -> list[str]:
     """Kill and remove every container labelled with ``task_id``; the ids reaped."""
-    from sandbox_runner.backends.podman_api import PodmanAPI
-    from sandbox_runner.backends.podman_service import default_socket_url
+    from sandbox_runner.backends.podman.api import PodmanAPI
+    from sandbox_runner.backends.podman.service import default_socket_url
     from sandbox_runner.errors import BackendError
 
     api = PodmanAPI(default_socket_url(settings.env, settings.uid, settings.podman_socket))

@@ -27,12 +27,12 @@ from typing import Any
 
 import structlog
 
-from sandbox_runner.backends.podman_api import APIError, PodmanAPI
+from sandbox_runner.backends.podman.api import APIError, PodmanAPI
 from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.jobdirs import iter_job_paths, lock_held
+from sandbox_runner.job.workdir import RUNNING, WorkDir
 from sandbox_runner.settings import Settings
-from sandbox_runner.workdir import RUNNING, WorkDir
 from sandbox_runner.worker.lease import LeaseGuard
 
 log = structlog.get_logger("sandbox_runner.worker")
@@ -50,7 +50,7 @@ class Reconciled:
 
 
 def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Reconciled) -> None:
-    from sandbox_runner.backends.podman_service import default_socket_url
+    from sandbox_runner.backends.podman.service import default_socket_url
     from sandbox_runner.errors import BackendError
 
     api = PodmanAPI(default_socket_url(settings.env, settings.uid, settings.podman_socket))
@@ -95,7 +95,7 @@ def _podman_leftovers(settings: Settings, exit_codes: dict[str, int], result: Re
 
 def _exit_code(api: PodmanAPI, cid: str) -> int | None:
     """From inspect, or, once podman has auto-removed the stopped container, from its ``died`` event."""
-    from sandbox_runner.backends.podman_follow import died_exit_code
+    from sandbox_runner.backends.podman.follow import died_exit_code
 
     try:
         state = (api.call("GET", f"/containers/{cid}/json") or {}).get("State") or {}

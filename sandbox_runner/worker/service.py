@@ -27,10 +27,10 @@ from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
 from sandbox_runner.hpc.admission import WalltimeGate
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
-from sandbox_runner.runner import JobOutcome, JobRunner, decode_job, default_steps
+from sandbox_runner.job.runner import JobOutcome, JobRunner, decode_job, default_steps
+from sandbox_runner.job.steps.base import JobContext
+from sandbox_runner.job.steps.execute import PostProcess
 from sandbox_runner.settings import Settings
-from sandbox_runner.steps.base import JobContext
-from sandbox_runner.steps.execute import PostProcess
 from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.drain import DrainGuard
 from sandbox_runner.worker.lease import Admission, Lease, LeaseGuard

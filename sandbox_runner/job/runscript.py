@@ -1,0 +1,69 @@
+"""``_run.sh``: the job's command as a script an operator can re-run by hand.
+
+HySDS writes every worker environment variable into it as a comment, which leaks credentials into work dirs and
+triage bundles (and, since HC-563, multi-line values spill into executable lines). We write only what the job
+itself asked for: its command env, and the engine command line equivalent to what the backend ran.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from sandbox_runner.backends.base import ContainerSpec
+
+
+def podman_argv(spec: ContainerSpec, socket_url: str | None = None) -> list[str]:
+    argv = ["podman"]
+    if socket_url:
+        argv += ["--remote", "--url", socket_url]
+    argv += ["run", "--rm", "--init", "--userns=keep-id", f"--network={spec.network}", f"--name={spec.name}"]
+    if spec.uid is not None:
+        argv += ["--user", f"{spec.uid}:{spec.gid if spec.gid is not None else spec.uid}"]
+    for key, value in spec.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in spec.env.items():
+        argv += ["--env", f"{key}={value}"]
+    for opt, value in spec.runtime_options.items():
+        if opt == "gpus":  # podman 4 has no --gpus: the CDI devices the backend asks for instead
+            argv += [f"--device={name}" for name in _gpu_names(value)]
+            continue
+        argv += [f"--{opt}" if value is True else f"--{opt}={value}"]
+    argv += ["-v", f"{spec.workdir}:{spec.workdir}:rw"]
+    for m in spec.mounts:
+        argv += ["-v", f"{m.host}:{m.container}:{m.mode}"]
+    if spec.engine_socket is not None:  # given by the sharing policy
+        from sandbox_runner.backends.podman.spec import engine_socket_env
+
+        argv += ["-v", f"{spec.engine_socket}:{spec.engine_socket}"]
+        for key, value in engine_socket_env(spec.engine_socket).items():
+            argv += ["--env", f"{key}={value}"]
+    argv += ["-w", spec.workdir, str(spec.image), *spec.argv]
+    return argv
+
+
+def _gpu_names(value: object) -> list[str]:
+    from sandbox_runner.backends.podman.gpus import gpu_devices
+    from sandbox_runner.errors import BackendError
+
+    try:
+        return gpu_devices("gpus", value)
+    except BackendError:
+        return [f"<gpus={value} cannot be mapped>"]
+
+
+def subprocess_argv(spec: ContainerSpec) -> list[str]:
+    env = [f"{k}={v}" for k, v in spec.env.items()]
+    return ["env", *env, *spec.argv] if env else list(spec.argv)
+
+
+def render_run_script(spec: ContainerSpec, backend: str, socket_url: str | None = None) -> str:
+    argv = podman_argv(spec, socket_url) if backend == "podman" and spec.image else subprocess_argv(spec)
+    lines = [
+        "#!/bin/sh",
+        f"# sandbox_runner: re-run job {spec.labels.get('sandbox_runner.job_id', '')} by hand "
+        f"({backend} backend). The worker's own environment is deliberately not recorded here.",
+        f"cd {shlex.quote(spec.workdir)} || exit 1",
+        " \\\n    ".join(shlex.quote(a) for a in argv),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The job pipeline's steps (see :mod:`sandbox_runner.job.steps.base` for the protocol)."""

@@ -1,1 +1,0 @@
-"""The job pipeline's steps (see :mod:`sandbox_runner.steps.base` for the protocol)."""
