@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import make_job
+from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
@@ -17,7 +17,8 @@ from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.hpc.handback import PREEMPTED, PilotDrain
 from sandbox_runner.hpc.walltime import Walltime, ask_scheduler, parse_kill_wait
 from sandbox_runner.settings import load_settings
-from sandbox_runner.worker.service import TaskInfo, WorkerService
+from sandbox_runner.worker.delivery import TaskInfo
+from sandbox_runner.worker.service import WorkerService
 
 
 def _sleeps(seconds: float) -> Any:

@@ -9,14 +9,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery_helpers import containers, job_docs, wait_for
-from conftest import Worker, make_job, read_status_list
+from support.celery_helpers import containers, job_docs, wait_for
+from support.jobs import make_job, read_status_list
+from support.machine import Worker
 from test_slurm import slurm_up
 from test_slurm_pilots import pilot_env, send, squeue_state
 
 from sandbox_runner.events.documents import TERMINAL_STATUSES
-
-pytest_plugins = ["celery_fixtures"]
 
 
 def events(redis_url: str, key: str, kind: str) -> list[dict[str, Any]]:
