@@ -97,6 +97,11 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     service = current_service()
     result = service.run_task(task, job)
     if result is None:
+        if service.refused_for_walltime(task.task_id):
+            from sandbox_runner.hpc.requeue import to_tail
+
+            if to_tail(self):  # a copy at the queue's tail: the jobs behind this one get their turn here
+                raise Reject("too long for this pilot's walltime: handed back to the queue's tail", requeue=False)
         raise Reject("the worker is shutting down; back to the queue", requeue=True)
     if queue_when_finished and service.settings.user_rules_queue:
         _queue_user_rules(self, service.settings.user_rules_queue, job, result)

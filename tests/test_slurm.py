@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from support.jobs import make_job, read_status_list, write_job
@@ -16,7 +17,11 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES
 
 def slurm_up() -> None:
     require(shutil.which("sbatch") is not None, "Slurm is not installed (run `make setup`)")
-    state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, check=False)
+    for _ in range(60):  # a pilot of an earlier test may still be completing: the node is busy, not down
+        state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, check=False)
+        if state.returncode != 0 or state.stdout.split()[:1] != ["completing"]:
+            break
+        time.sleep(0.5)
     require(state.returncode == 0 and state.stdout.split()[:1] in (["idle"], ["mixed"], ["allocated"]),
             f"the Slurm node is not up ({state.stdout.strip() or state.stderr.strip()}; run `make setup`)")
 

@@ -1,4 +1,5 @@
-"""The body of ``sandbox-runner slurm submit`` (cli.py only parses)."""
+"""The bodies of ``sandbox-runner slurm|pbs submit|autoscale|drain`` (cli/main.py only parses). ``args.command`` names
+the scheduler (hpc/scheduler.py); nothing below it differs between Slurm and PBS."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from sandbox_runner.hpc.pilot import PilotRequest
+from sandbox_runner.hpc.scheduler import Scheduler, scheduler_for
 from sandbox_runner.settings import Settings
 
 EXIT_OK = 0
@@ -14,33 +16,40 @@ EXIT_OK = 0
 
 def request_from(args: argparse.Namespace) -> PilotRequest:
     """The pilot ``submit`` and ``autoscale`` both ask for."""
+    extra = {"kill_delay": args.kill_delay} if getattr(args, "kill_delay", None) is not None else {}
     return PilotRequest(queue=args.queue, time=args.time, nodes=args.nodes, workers_per_node=args.workers_per_node,
                         concurrency=args.concurrency, partition=args.partition, account=args.account,
                         grace=args.grace, log_dir=Path(args.log_dir).absolute() if args.log_dir else None,
-                        sbatch_args=tuple(args.sbatch_arg or ()))
+                        sbatch_args=tuple(args.sbatch_arg or ()), **extra)
+
+
+def _scheduler(args: argparse.Namespace) -> Scheduler:
+    return scheduler_for(getattr(args, "command", None) or "slurm")
 
 
 def slurm_submit(args: argparse.Namespace, settings: Settings) -> int:
-    request = request_from(args)
+    request, scheduler = request_from(args), _scheduler(args)
     if args.dry_run:
-        print("# " + " ".join(shlex.quote(a) for a in request.sbatch_argv()) + " <<'EOF'")
-        print(request.script(), end="")
+        print("# " + " ".join(shlex.quote(a) for a in scheduler.submit_argv(request)) + " <<'EOF'")
+        print(scheduler.script(request), end="")
         print("EOF")
         return EXIT_OK
-    from sandbox_runner.hpc.slurm import submit
-
-    print(submit(request))
+    print(scheduler.submit(request))
     return EXIT_OK
 
 
 def slurm_drain(args: argparse.Namespace, settings: Settings) -> int:
-    """Warm shutdown of one pilot's workers, through the broker (the pilot's TERM trap runs this)."""
+    """Drain one pilot's workers, through the broker (the pilot's TERM trap runs this)."""
     from sandbox_runner.celery_app import app
     from sandbox_runner.hpc.pilot import worker_pattern
 
-    pattern = worker_pattern(args.queue, args.pilot)
-    replies = app.control.broadcast("shutdown", pattern=pattern, matcher="glob", reply=True, timeout=2.0)
-    print(f"asked {len(replies)} worker(s) matching {pattern} to finish their jobs and stop")
+    pattern = worker_pattern(args.queue, args.pilot, _scheduler(args).name)
+    # sr_pilot_drain (hpc/handback.py): stop taking jobs, finish what fits before the allocation ends, hand the
+    # rest back, stop. The workers shut down without a reply.
+    app.control.broadcast("sr_pilot_drain", arguments={"reason": args.reason}, pattern=pattern, matcher="glob",
+                          reply=False)
+    print(f"asked the workers matching {pattern} to drain: finish the jobs that fit before the end, hand back "
+          "the others, stop")
     return EXIT_OK
 
 
@@ -48,15 +57,14 @@ def slurm_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     """One decision (``--once``, for cron) or a loop of them every ``--interval`` seconds."""
     from sandbox_runner.errors import ConfigError
     from sandbox_runner.events.emitter import Emitter
-    from sandbox_runner.hpc import slurm
     from sandbox_runner.hpc.autoscale import Autoscaler, queue_depth
 
     if args.max < 1:
         raise ConfigError(f"--max must be at least 1, got {args.max}", field="max")
-    request = request_from(args)
+    request, scheduler = request_from(args), _scheduler(args)
     emitter = Emitter.from_settings(settings, settings.node_root, name=f"autoscale@{request.job_name}")
     scaler = Autoscaler(request, args.max, depth=lambda: queue_depth(settings.broker_url, request.queue),
-                        pilots=lambda: slurm.pilots(request), submit=slurm.submit, emitter=emitter)
+                        pilots=lambda: scheduler.pilots(request), submit=scheduler.submit, emitter=emitter)
     try:
         if args.once:
             decision = scaler.step()

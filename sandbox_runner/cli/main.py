@@ -86,30 +86,42 @@ def _parser() -> argparse.ArgumentParser:
     scrub.add_argument("--dry-run", action="store_true", help="print what would be quarantined and purged; do nothing")
     scrub.add_argument("--work-root", type=Path, help="root work dir [SANDBOX_RUNNER_WORK_ROOT]")
 
-    slurm = sub.add_parser("slurm", help="workers as Slurm pilot jobs")
-    slurm_sub = slurm.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
-    sub_submit = slurm_sub.add_parser("submit", help="submit a pilot that runs workers for a queue; prints its job id")
-    sub_scale = slurm_sub.add_parser("autoscale", help="submit pilots as the queue's waiting jobs need, within --max")
+    for sched in ("slurm", "pbs"):
+        _scheduler_commands(sub, sched)
+    return p
+
+
+def _scheduler_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], sched: str) -> None:
+    """``slurm`` and ``pbs``: the same pilot commands (cli/hpc.py), through one scheduler interface."""
+    word, submit_cmd = ("Slurm", "sbatch") if sched == "slurm" else ("PBS", "qsub")
+    parser = sub.add_parser(sched, help=f"workers as {word} pilot jobs")
+    commands = parser.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
+    sub_submit = commands.add_parser("submit", help="submit a pilot that runs workers for a queue; prints its job id")
+    sub_scale = commands.add_parser("autoscale", help="submit pilots as the queue's waiting jobs need, within --max")
     for sp in (sub_submit, sub_scale):
         sp.add_argument("-Q", "--queue", required=True, help="the queue the pilot's workers take jobs from")
         sp.add_argument("-N", "--nodes", type=int, default=1, help="nodes per pilot (default 1)")
         sp.add_argument("-w", "--workers-per-node", type=int, default=1, help="workers per node (default 1)")
         sp.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once per worker (default 1)")
         sp.add_argument("-t", "--time", default="1:00:00", help="walltime in sbatch's format (default 1:00:00)")
-        sp.add_argument("-p", "--partition", help="Slurm partition")
-        sp.add_argument("-A", "--account", help="Slurm account")
+        sp.add_argument("-p", "--partition", help=f"{word} {'partition' if sched == 'slurm' else 'queue (-q)'}")
+        sp.add_argument("-A", "--account", help=f"{word} account")
         sp.add_argument("--grace", type=int, default=120,
                         help="seconds before the walltime at which workers drain (default 120)")
-        sp.add_argument("--log-dir", help="where the pilot's output goes (default: sbatch's, the cwd)")
-        sp.add_argument("--sbatch-arg", action="append", metavar="ARG", help="extra sbatch argument (repeatable)")
-    sub_submit.add_argument("--dry-run", action="store_true", help="print the sbatch command and script only")
+        sp.add_argument("--log-dir", help=f"where the pilot's output goes (default: {submit_cmd}'s, the cwd)")
+        sp.add_argument(f"--{submit_cmd}-arg", dest="sbatch_arg", action="append", metavar="ARG",
+                        help=f"extra {submit_cmd} argument (repeatable)")
+        if sched == "pbs":
+            sp.add_argument("--kill-delay", type=int, default=10,
+                            help="the site's kill_delay: seconds from qdel's TERM to its KILL (default 10)")
+    sub_submit.add_argument("--dry-run", action="store_true", help=f"print the {submit_cmd} command and script only")
     sub_scale.add_argument("--max", type=int, required=True, help="at most this many pilots for the queue")
     sub_scale.add_argument("--interval", type=float, default=60.0, help="seconds between decisions (default 60)")
     sub_scale.add_argument("--once", action="store_true", help="one decision, then exit (for cron)")
-    sub_drain = slurm_sub.add_parser("drain", help="ask a pilot's workers to finish their jobs and stop")
+    sub_drain = commands.add_parser("drain", help="ask a pilot's workers to finish their jobs and stop")
     sub_drain.add_argument("-Q", "--queue", required=True, help="the pilot's queue")
-    sub_drain.add_argument("--pilot", required=True, help="the pilot's Slurm job id")
-    return p
+    sub_drain.add_argument("--pilot", required=True, help=f"the pilot's {word} job id")
+    sub_drain.add_argument("--reason", default="the pilot's walltime ends soon", help="why (for the events)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,7 +169,7 @@ def _command(args: argparse.Namespace) -> int:
 
             return doctor(settings.with_overrides(work_root=args.work_root, doctor_image=args.image,
                                                   doctor_image_url=args.image_url))
-        if args.command == "slurm":
+        if args.command in ("slurm", "pbs"):
             from sandbox_runner.cli import hpc as hpc_command
 
             return int(getattr(hpc_command, f"slurm_{args.slurm_command}")(args, settings))

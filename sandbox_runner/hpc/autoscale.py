@@ -15,7 +15,7 @@ from typing import Any
 
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.hpc.pilot import PilotRequest
-from sandbox_runner.hpc.slurm import Pilot
+from sandbox_runner.hpc.scheduler import Pilot
 
 
 @dataclass(frozen=True)

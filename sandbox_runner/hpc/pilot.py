@@ -6,9 +6,11 @@ allocation one ``srun`` step starts ``workers_per_node`` workers on every node, 
 id in the program part, so events, ``sandbox-runner workers`` and a job tracker tell pilots apart.
 
 Slurm sends the batch shell TERM ``grace`` seconds before the walltime (``--signal=B:TERM@<grace>``) and on
-``scancel --batch --signal=TERM``; the shell then asks the pilot's workers, over the broker, for a warm
-shutdown: each stops taking jobs and lets its running job finish. A plain ``scancel`` signals every process of the
-job at once, so its running jobs end ``job-terminated``, as under HySDS.
+``scancel --batch --signal=TERM``; the shell then asks the pilot's workers, over the broker, to drain
+(hpc/handback.py): each stops taking jobs, lets a running job that fits before the allocation's end finish, and
+stops and hands back to the broker one that does not. A plain ``scancel`` (and the walltime itself) sends TERM to
+every process of the job and KILL ``KillWait`` seconds later: the workers take that TERM as a drain against the
+KILL. PBS gets the same pilot from hpc/pbs.py.
 
 No secrets are written into the script: settings reach the workers through the submitting environment (sbatch's
 default ``--export=ALL``), as they reach ``sandbox-runner worker``.
@@ -62,7 +64,9 @@ class PilotRequest:
     account: str | None = None
     grace: int = 120
     log_dir: Path | None = None
-    sbatch_args: tuple[str, ...] = field(default_factory=tuple)
+    sbatch_args: tuple[str, ...] = field(default_factory=tuple)  # extra submit arguments (sbatch's or qsub's)
+    #: PBS only: the site's kill_delay, seconds from qdel's TERM to its KILL (PBS Pro's default 10)
+    kill_delay: int = 10
     python: str = sys.executable
 
     def __post_init__(self) -> None:
@@ -110,10 +114,9 @@ class PilotRequest:
             f"export SANDBOX_RUNNER_PILOT_GRACE={self.grace}",
             f"srun --kill-on-bad-exit=0 --ntasks-per-node={self.workers_per_node} bash -c {shlex.quote(task)} &",
             "step=$!",
-            # The walltime warning and `scancel --batch --signal=TERM` come to this shell only (B:). A signal sent
-            # through Slurm to the step would reach every process of it, the workers' job processes too, and stop
-            # the jobs; so ask the pilot's workers, through the broker, for a warm shutdown instead: they stop
-            # taking jobs and finish the ones they run. `wait` returns early on a trapped signal: wait again.
+            # The walltime warning and `scancel --batch --signal=TERM` come to this shell only (B:): ask the
+            # pilot's workers, through the broker, to drain against the allocation's end (the workers run on
+            # every node; the broker reaches them all). `wait` returns early on a trapped signal: wait again.
             f'trap \'echo "pilot ${{SLURM_JOB_ID}}: draining"; {drain} --pilot "${{SLURM_JOB_ID}}"\' TERM',
             'wait "$step"',
             "rc=$?",
@@ -124,6 +127,6 @@ class PilotRequest:
         ])
 
 
-def worker_pattern(queue: str, pilot_id: str) -> str:
-    """A glob matching the names of every worker of one pilot, on any node."""
-    return f"celery@{program_for(queue)}-slurm{pilot_id}.*"
+def worker_pattern(queue: str, pilot_id: str, scheduler: str = "slurm") -> str:
+    """A glob matching the names of every worker of one pilot, on any node (a PBS id without its server)."""
+    return f"celery@{program_for(queue)}-{scheduler}{pilot_id.split('.')[0]}.*"

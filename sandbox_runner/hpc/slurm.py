@@ -3,35 +3,21 @@ text is what the user sees when it refuses."""
 
 from __future__ import annotations
 
-import subprocess
-from dataclasses import dataclass
-
 from sandbox_runner.errors import SchedulerError
 from sandbox_runner.hpc.pilot import PilotRequest
+from sandbox_runner.hpc.scheduler import Pilot, run
 
-
-@dataclass(frozen=True)
-class Pilot:
-    job_id: str
-    state: str  # squeue's long state: PENDING, RUNNING, COMPLETING, ...
-
-
-def _run(argv: list[str], stdin: str | None = None) -> str:
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
-    except FileNotFoundError:
-        raise SchedulerError(f"{argv[0]} not found: is Slurm installed here? (make setup installs it)") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerError(f"{argv[0]} did not answer within 60s: is slurmctld up?") from None
-    if proc.returncode != 0:
-        reason = (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
-        raise SchedulerError(f"{argv[0]} refused: {reason}")
-    return proc.stdout
+__all__ = ["Pilot", "Slurm", "pilots", "submit"]
 
 
 def submit(request: PilotRequest) -> str:
     """Submit the pilot; its Slurm job id."""
-    out = _run(request.sbatch_argv(), stdin=request.script()).strip()
+    try:
+        out = run(request.sbatch_argv(), stdin=request.script()).strip()
+    except SchedulerError as exc:
+        if "not found" in str(exc):
+            raise SchedulerError("sbatch not found: is Slurm installed here? (make setup installs it)") from None
+        raise
     job_id = out.split(";")[0]  # --parsable prints "<id>" or "<id>;<cluster>"
     if not job_id.isdigit():
         raise SchedulerError(f"sbatch printed no job id: {out!r}")
@@ -40,5 +26,21 @@ def submit(request: PilotRequest) -> str:
 
 def pilots(request: PilotRequest) -> list[Pilot]:
     """This user's pilots for the request's queue, as squeue sees them."""
-    out = _run(["squeue", "--me", "-h", "-n", request.job_name, "-o", "%i %T"])
+    out = run(["squeue", "--me", "-h", "-n", request.job_name, "-o", "%i %T"])
     return [Pilot(*line.split(maxsplit=1)) for line in out.splitlines() if line.strip()]
+
+
+class Slurm:
+    name = "slurm"
+
+    def submit_argv(self, request: PilotRequest) -> list[str]:
+        return request.sbatch_argv()
+
+    def script(self, request: PilotRequest) -> str:
+        return request.script()
+
+    def submit(self, request: PilotRequest) -> str:
+        return submit(request)
+
+    def pilots(self, request: PilotRequest) -> list[Pilot]:
+        return pilots(request)

@@ -22,11 +22,14 @@ log = structlog.get_logger("sandbox_runner.hpc")
 
 @dataclass(frozen=True)
 class Walltime:
-    """The allocation's end (epoch seconds; None: not in one, or unknown) and the grace kept before it."""
+    """The allocation's end (epoch seconds; None: not in one, or unknown), the grace kept before it, and the
+    scheduler's seconds between its TERM and its KILL when it ends or cancels the job (Slurm's ``KillWait``,
+    PBS's ``kill_delay``)."""
 
     end: float | None = None
     grace: float = 0.0
     pilot: str | None = None
+    kill_wait: float = 30.0
 
     def left(self, now: float | None = None) -> float | None:
         """Seconds a job may still take here: to the end, minus the grace."""
@@ -60,7 +63,56 @@ def ask_slurm(env: Mapping[str, str], grace: float) -> Walltime:
         log.warning("walltime-unknown", pilot=job_id, reason=str(exc))
     if end is None and proc is not None:
         log.warning("walltime-unknown", pilot=job_id, reason=(proc.stderr or proc.stdout).strip())
-    return Walltime(end, grace, f"slurm:{job_id}")
+    return Walltime(end, grace, f"slurm:{job_id}", kill_wait=slurm_kill_wait())
+
+
+#: Slurm's default KillWait, used when ``scontrol`` cannot say
+_SLURM_KILL_WAIT = 30.0
+
+
+def parse_kill_wait(config: str) -> float | None:
+    """``KillWait = 30 sec`` from ``scontrol show config``."""
+    for line in config.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "KillWait":
+            number = value.split()[0] if value.split() else ""
+            return float(number) if number.isdigit() else None
+    return None
+
+
+def slurm_kill_wait() -> float:
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return _SLURM_KILL_WAIT
+    found = parse_kill_wait(proc.stdout) if proc.returncode == 0 else None
+    return _SLURM_KILL_WAIT if found is None else found
+
+
+def from_pilot_env(env: Mapping[str, str], grace: float) -> Walltime:
+    """A pilot whose scheduler cannot be asked for its end (PBS): its script exports the end it computed at
+    start (``SANDBOX_RUNNER_PILOT_END``, epoch seconds) and the scheduler's kill delay
+    (``SANDBOX_RUNNER_PILOT_KILL_WAIT``). Internal to the pilot script, like ``SLURM_JOB_ID``."""
+    job_id = env.get("PBS_JOBID", "").split(".")[0]
+    try:
+        end = float(env["SANDBOX_RUNNER_PILOT_END"])
+    except (KeyError, ValueError):
+        end = None
+    try:
+        kill_wait = float(env.get("SANDBOX_RUNNER_PILOT_KILL_WAIT", "10"))
+    except ValueError:
+        kill_wait = 10.0
+    return Walltime(end, grace, f"pbs:{job_id}" if job_id else None, kill_wait=kill_wait)
+
+
+def ask_scheduler(env: Mapping[str, str], grace: float) -> Walltime:
+    """The allocation this worker runs in, whichever scheduler gave it; nothing limited outside one."""
+    if env.get("SLURM_JOB_ID"):
+        return ask_slurm(env, grace)
+    if env.get("PBS_JOBID"):
+        return from_pilot_env(env, grace)
+    return Walltime()
 
 
 def job_time_limit(hard_limit: float | None, job: Mapping[str, Any]) -> float | None:

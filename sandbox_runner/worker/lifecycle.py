@@ -27,7 +27,8 @@ from celery import bootsteps
 
 from sandbox_runner.errors import ConfigError
 from sandbox_runner.events import Emitter
-from sandbox_runner.hpc.walltime import ask_slurm
+from sandbox_runner.hpc.handback import PilotDrain, register_control_command
+from sandbox_runner.hpc.walltime import ask_scheduler
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.jobhttp import JobHTTPServer, start_job_server
 from sandbox_runner.worker.lease import LeaseGuard
@@ -106,7 +107,14 @@ def install_signal_handlers(service: WorkerService) -> None:
 
 def _handler(service: WorkerService, sig: int, previous: Any, warm: Any) -> Callable[[int, Any], None]:
     def handle(signum: int, frame: Any) -> None:
-        if service.interrupt_all(signum) and callable(warm):
+        if signum == signal.SIGTERM and service.pilot is not None:
+            # a pilot's TERM is the scheduler ending the job (scancel, qdel, the walltime): drain and hand back
+            # what cannot finish before its KILL, then shut down warm. Not in the handler's own frame: the drain
+            # takes locks this thread may hold.
+            threading.Thread(target=service.pilot.on_term, name="pilot-drain", daemon=True).start()
+            if callable(warm):
+                warm(signum, frame)
+        elif service.interrupt_all(signum) and callable(warm):
             warm(signal.SIGTERM, frame)
         elif callable(previous):
             previous(signum, frame)
@@ -173,11 +181,14 @@ def boot(base: Settings, w: Any) -> WorkerService:
         log.warning("pilot-exhausted", reason="too little walltime left for the queue's jobs; stopping")
         w.app.control.broadcast("shutdown", destination=[name], reply=False)
 
-    walltime = ask_slurm(settings.env, settings.pilot_grace)
+    walltime = ask_scheduler(settings.env, settings.pilot_grace)
     if walltime.pilot:
         log.info("pilot-walltime", pilot=walltime.pilot, time_left=walltime.left(), grace=walltime.grace)
     _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
                                        on_exhausted=free_the_allocation)
+    if walltime.pilot:
+        service.pilot = PilotDrain(service, walltime, settings.stop_grace)
+        register_control_command()
     install_signal_handlers(service)
     if _metrics is not None:
         _metrics.metrics.drain = service.drain

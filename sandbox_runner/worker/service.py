@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
@@ -25,6 +25,7 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES, job_ids, job_info
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
+from sandbox_runner.hpc.admission import WalltimeGate
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.job.runner import JobOutcome, JobRunner, decode_job, default_steps
 from sandbox_runner.job.steps.base import JobContext
@@ -35,14 +36,15 @@ from sandbox_runner.worker.drain import DrainGuard
 from sandbox_runner.worker.lease import Admission, Lease, LeaseGuard
 from sandbox_runner.worker.limits import TimeLimits
 
+if TYPE_CHECKING:
+    from sandbox_runner.hpc.handback import PilotDrain, Running
+
 log = structlog.get_logger("sandbox_runner.worker")
 
 #: HySDS's names for the signals its handler catches (job_worker.py)
 SIGNAL_STATUS = {signal.SIGHUP: "job-hangup", signal.SIGINT: "job-interrupted", signal.SIGQUIT: "job-quit",
                  signal.SIGABRT: "job-aborted", signal.SIGTERM: "job-terminated"}
 _REMEMBER_REVOKED = 10000
-#: consecutive hand-backs (nothing admitted between) after which a pilot's worker stops and frees its allocation
-_HAND_BACKS_BEFORE_STOP = 3
 
 
 class FenceCheck:
@@ -67,6 +69,9 @@ class FenceCheck:
 class _Active:
     runner: JobRunner
     lease: Lease | None
+    started: float = 0.0  # epoch seconds, for a pilot's drain
+    limit: float | None = None
+    job_id: str | None = None
 
 
 class WorkerService:
@@ -78,8 +83,9 @@ class WorkerService:
         self.on_drain = on_drain
         #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
         self.walltime = walltime or Walltime()
-        self.on_exhausted = on_exhausted
-        self._handed_back = 0
+        self._walltime_gate = WalltimeGate(self.walltime, emitter, on_exhausted)
+        #: inside a pilot: its drain at walltime / scancel (hpc/handback.py), set by the lifecycle
+        self.pilot: PilotDrain | None = None
         #: shared by every job's runner (each gets its own list): the policies they read are read once
         self._steps = default_steps(backend_for)
         self.drain = DrainGuard(settings.drain_threshold, settings.drain_window)
@@ -124,7 +130,8 @@ class WorkerService:
                 if admission.lease is not None:
                     admission.lease.release()
                 return None
-            self._active[task.task_id] = _Active(runner, admission.lease)
+            self._active[task.task_id] = _Active(runner, admission.lease, time.time(),
+                                                 job_time_limit(task.hard_limit, job), job_ids(job)["job_id"])
         limits = TimeLimits(self.settings, runner, task, job)
         try:
             outcome = runner.run(job)
@@ -135,6 +142,8 @@ class WorkerService:
                 self.processed += 1
             if admission.lease is not None:
                 admission.lease.release()
+        if self.pilot is not None and self.pilot.handed_back(task.task_id, outcome.status):
+            return None  # preempted by the pilot's drain: back to the broker (lease released), not a failure
         result = self._finish(job, outcome.status, t0, outcome=outcome)
         self.scrub_between_jobs()
         return result
@@ -157,21 +166,12 @@ class WorkerService:
             self._scrubbing.release()
 
     def _fits_walltime(self, task: TaskInfo, job: dict[str, Any]) -> bool:
-        """A job whose time limit does not fit before the allocation ends goes straight back to the broker (no
-        job-failed, no retry burned) for a worker with time. After a few in a row with nothing run between,
-        this pilot has too little time left for the queue's work: it stops (``on_exhausted``) and frees it."""
-        limit = job_time_limit(task.hard_limit, job)
-        if self.walltime.admits(limit):
-            self._handed_back = 0
-            return True
-        self._handed_back += 1
-        left = self.walltime.left()
-        self.emitter.event("pilot", "handed_back", {
-            "task_id": task.task_id, "job_id": job.get("job_id"), "time_limit": limit,
-            "time_left": round(left or 0.0, 1), "pilot": self.walltime.pilot})
-        if self._handed_back >= _HAND_BACKS_BEFORE_STOP and self.on_exhausted is not None:
-            self.on_exhausted()
-        return False
+        """Inside a pilot: does the job fit before the allocation ends? (hpc/admission.py)"""
+        return self._walltime_gate.fits(task.task_id, task.hard_limit, job)
+
+    def refused_for_walltime(self, task_id: str) -> bool:
+        """Was this delivery refused for the pilot's walltime (the edge hands it to the queue's tail)?"""
+        return self._walltime_gate.refused(task_id)
 
     def _finish(self, job: dict[str, Any], status: str, t0: float, *, outcome: JobOutcome | None = None,
                 error: str | None = None) -> dict[str, Any]:
@@ -243,6 +243,19 @@ class WorkerService:
             entry.runner.interrupt(status, f"The worker caught {name} (signal {signum}) while the job ran; the "
                                    "job's container was stopped.", signum)
         return len(active)
+
+    def stop_taking_jobs(self) -> None:
+        """From now on every delivery goes straight back to the broker (a pilot's drain)."""
+        with self._lock:
+            self._stopping = True
+
+    def running_jobs(self) -> list[Running]:
+        """The jobs running now, for a pilot's drain."""
+        from sandbox_runner.hpc.handback import Running
+
+        with self._lock:
+            items = list(self._active.items())
+        return [Running(tid, e.job_id, e.started, e.limit, e.runner.interrupt) for tid, e in items]
 
     @property
     def active(self) -> int:
