@@ -301,6 +301,8 @@ def test_starts_a_service_when_none_answers(harness: Harness) -> None:
         assert Path(req["stdout"]).read_text() == "served\n"
         assert any(e["event"] == "podman-service-started" for e in answer["logs"])
         assert Path(f"/proc/{pid}").stat().st_uid == harness.worker.uid
+        # it outlives its starter, so it must not keep the starter's working directory (conmon inherits it)
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
     finally:
         # by pid: ours from the answer, else the one process serving this test's unique socket
         for proc in [pid] if pid else _pids_with_arg(f"unix://{sock}"):

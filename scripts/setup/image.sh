@@ -44,7 +44,7 @@ inputs="$(
     cd "$REPO"
     {
         echo "base $base_id"
-        find sandbox_runner -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
+        find -L sandbox_runner -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
         sha256sum pyproject.toml Containerfile .containerignore
         [[ ! -f README.md ]] || sha256sum README.md
     } | sha256sum | cut -d' ' -f1
@@ -63,7 +63,8 @@ t0="$(now)"
 src="$BUILD/wheel-src"
 rm -rf "$src" "$BUILD/wheels"
 install -d -m 755 "$src" "$BUILD/wheels"
-cp -a "$REPO/pyproject.toml" "$REPO/sandbox_runner" "$src/"
+# policies/ too: sandbox_runner/policies is a symlink to it, and the wheel ships what it points at
+cp -a "$REPO/pyproject.toml" "$REPO/sandbox_runner" "$REPO/policies" "$src/"
 [[ ! -f $REPO/README.md ]] || cp -a "$REPO/README.md" "$src/"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 install -d -m 755 "$BUILD/logs"

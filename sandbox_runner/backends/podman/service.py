@@ -156,8 +156,12 @@ def _spawn(api: PodmanAPI, podman: str, sock: Path, env: Mapping[str, str], runt
     log_path = sock.with_name(sock.name + ".log")
     try:
         with open(log_path, "ab") as logfile:
+            # cwd "/": the service outlives whoever started it, and conmon inherits its working directory; a
+            # service started from a dir later removed (a checkout, a job dir) fails every create afterwards with
+            # "conmon: Failed to get working directory" / "write child: broken pipe"
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=child_env, start_new_session=True
+                argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=child_env, start_new_session=True,
+                cwd="/",
             )
     except OSError as exc:
         raise BackendError(f"could not start the podman service ({' '.join(argv)}): {exc}") from None
