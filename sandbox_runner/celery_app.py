@@ -86,7 +86,7 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     so a message with no job (or a list, a string) reaches the runner and ends as one job-failed rather than a
     TypeError in Celery that the job tracker never hears of."""
     from sandbox_runner.worker.delivery import TaskInfo
-    from sandbox_runner.worker.lifecycle import current_service
+    from sandbox_runner.worker.service import current_service
 
     req = self.request
     hard, soft = (*tuple(req.timelimit or ()), None, None)[:2]
@@ -94,7 +94,7 @@ def run_job(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
                     soft_limit=soft)
     job = args[0] if args else kwargs.get("job")
     queue_when_finished = args[1] if len(args) > 1 else kwargs.get("queue_when_finished", True)
-    service = current_service()
+    service = current_service(self.app)
     result = service.run_task(task, job)
     if result is None:
         if service.refused_for_walltime(task.task_id):
@@ -152,12 +152,13 @@ def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = Fals
                 expired: bool = False, **_: Any) -> None:
     if request is None or getattr(sender, "name", None) not in (TASK_NAME, HYSDS_TASK_NAME):
         return
-    from sandbox_runner.worker.lifecycle import _service
+    from sandbox_runner.worker.service import service_of
 
-    if _service is None:
+    service = service_of(getattr(sender, "app", None))  # the sender is the task
+    if service is None:
         return
     args = getattr(request, "args", None) or []
-    _service.revoked(str(request.id), args[0] if args else None, int(signum) if terminated and signum else None)
+    service.revoked(str(request.id), args[0] if args else None, int(signum) if terminated and signum else None)
 
 
 app = make_app(load_settings())

@@ -76,3 +76,34 @@ def test_an_unknown_pre_or_post_step_is_reported_by_validate(tmp_path: Path) -> 
                              "unknown step 'publish_dataset'"), out[1]
     assert out[2] == f"{good}: job-spec: valid"
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_every_command_of_the_parser_has_one_entry_in_the_dispatch_table() -> None:
+    import argparse
+    import importlib
+
+    from sandbox_runner.cli.main import _SUBCOMMAND, COMMANDS, _parser
+
+    def choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    parsed: set[tuple[str, str | None]] = set()
+    for command, parser in choices(_parser()).items():
+        if command in _SUBCOMMAND:
+            parsed |= {(command, sub) for sub in choices(parser)}
+        else:
+            parsed.add((command, None))
+    assert parsed - set(COMMANDS) == set()  # every command and sub-command reaches a body
+    assert set(COMMANDS) - parsed == {("events", None)}  # the one extra: `events` alone says show's usage
+    for target in COMMANDS.values():  # each names a function that exists (imported here, not by main)
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def test_events_without_a_subcommand_says_the_usage_and_exits_2() -> None:
+    require((VENV_BIN / "sandbox-runner").exists(), ".venv with sandbox-runner missing (run `make setup`)")
+    proc = subprocess.run([str(VENV_BIN / "sandbox-runner"), "events"], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: sandbox-runner events show"), proc.stderr

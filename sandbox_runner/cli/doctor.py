@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import shutil
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_runner.cli.exits import EXIT_FAILED, EXIT_OK
 from sandbox_runner.settings import Settings
 
 
@@ -163,6 +165,11 @@ def check_sharing(settings: Settings) -> Check:
     return Check("job files", True, detail, required=False)
 
 
+def doctor_command(args: argparse.Namespace, settings: Settings) -> int:
+    return doctor(settings.with_overrides(work_root=args.work_root, doctor_image=args.image,
+                                          doctor_image_url=args.image_url))
+
+
 def doctor(settings: Settings) -> int:
     from sandbox_runner.cli.doctor_engine import check_job_container, check_work_root_in_service
 
@@ -184,4 +191,4 @@ def doctor(settings: Settings) -> int:
     failed = [r for r in results if r.required and not r.ok]
     if not can_run:
         print("no way to run jobs: neither podman nor bubblewrap works here")
-    return 0 if not failed and can_run else 1
+    return EXIT_OK if not failed and can_run else EXIT_FAILED

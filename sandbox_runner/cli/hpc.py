@@ -7,11 +7,10 @@ import argparse
 import shlex
 from pathlib import Path
 
+from sandbox_runner.cli.exits import EXIT_OK
 from sandbox_runner.hpc.pilot import PilotRequest
 from sandbox_runner.hpc.scheduler import Scheduler, scheduler_for
 from sandbox_runner.settings import Settings
-
-EXIT_OK = 0
 
 
 def request_from(args: argparse.Namespace) -> PilotRequest:

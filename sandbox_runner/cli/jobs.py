@@ -1,4 +1,4 @@
-"""The bodies of ``run-job``, ``validate`` and ``events show`` (the CLI module only parses)."""
+"""The bodies of ``run-job`` and ``validate`` (cli/main.py only parses and dispatches)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sandbox_runner.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sandbox_runner.settings import Settings
-from sandbox_runner.workroot import WorkRoot
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _read_job(path: Path) -> bytes:
@@ -69,6 +67,10 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
+def validate_command(args: argparse.Namespace, settings: Settings) -> int:
+    return validate(args.files)
+
+
 def validate(files: list[str]) -> int:
     from sandbox_runner.models.detect import step_warnings, validate_file
     from sandbox_runner.models.pairs import expand_paths, pair_mismatches
@@ -93,51 +95,3 @@ def validate(files: list[str]) -> int:
         print(line)
         worst = EXIT_USAGE
     return worst
-
-
-def _line(doc: dict[str, Any]) -> str:
-    ts = doc.get("@timestamp", "")
-    resource = doc.get("resource") or doc.get("type", "?")
-    if resource == "job":
-        text = f"{ts} job   {doc.get('status', '?'):<15} {doc.get('job_id')} task={doc.get('uuid')}"
-        if doc.get("error"):
-            text += f" error={doc['error'].splitlines()[0] if doc['error'].strip() else ''!r}"
-        return text
-    if doc.get("type") == "job_info":
-        info = (doc.get("job") or {}).get("job_info") or {}
-        return (f"{ts} info  {(doc.get('job') or {}).get('job_id')} exit={info.get('status')} "
-                f"duration={info.get('duration', 0):.3f}s dir={info.get('job_dir')}")
-    if resource == "event":
-        return f"{ts} event {doc.get('type')}/{doc.get('status')} {json.dumps(doc.get('event'), default=str)}"
-    return f"{ts} {resource} {json.dumps(doc, default=str)[:200]}"
-
-
-def events_show(args: argparse.Namespace, settings: Settings) -> int:
-    from sandbox_runner.events.sinks import read_file_events, read_redis_events
-
-    if getattr(args, "events_command", None) != "show":
-        print("usage: sandbox-runner events show [--redis-url URL | --file PATH]", file=sys.stderr)
-        return EXIT_USAGE
-    redis_url = args.redis_url or (settings.redis_url if not args.file else None)
-    if redis_url:
-        records = read_redis_events(redis_url, args.key or settings.status_key)
-        source = f"redis {redis_url} list {args.key or settings.status_key}"
-    else:
-        root = WorkRoot(args.work_root) if args.work_root else settings.workroot
-        path = args.file or root.event_file
-        if not path.exists():
-            print(f"no events file at {path}", file=sys.stderr)
-            return EXIT_FAILED
-        records = read_file_events(path)
-        source = str(path)
-    count = 0
-    for record in records:
-        doc = record.get("doc", record)
-        event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
-        job_id = doc.get("job_id") or (doc.get("job") or {}).get("job_id") or event.get("job_id")
-        if args.job_id and job_id != args.job_id:
-            continue
-        print(json.dumps(doc, default=str) if args.json else _line(doc))
-        count += 1
-    print(f"({count} documents from {source})", file=sys.stderr)
-    return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sandbox_runner.cli.exits import EXIT_FAILED, EXIT_OK
 from sandbox_runner.fspolicy.ladder import describe_error
 from sandbox_runner.fspolicy.periodic import scrub_once
 from sandbox_runner.fspolicy.policy import load_fs_policy
@@ -12,7 +13,6 @@ from sandbox_runner.fspolicy.report import Action, Space
 from sandbox_runner.settings import Settings
 from sandbox_runner.units import format_size
 
-EXIT_OK, EXIT_FAILED = 0, 1
 _DONE = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted", "skip": "skipped"}
 
 

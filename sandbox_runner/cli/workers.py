@@ -1,4 +1,4 @@
-"""The bodies of ``sandbox-runner worker``, ``workers`` and ``events tail`` (cli.py only parses)."""
+"""The bodies of ``sandbox-runner worker`` and ``workers`` (cli/main.py only parses and dispatches)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import json
 import socket
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from sandbox_runner.cli.exits import EXIT_OK
 from sandbox_runner.settings import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,67 +121,4 @@ def workers(args: argparse.Namespace, settings: Settings) -> int:
               f"{r['processed'] if r['processed'] is not None else '-':>6}  {','.join(r['queues'] or [])}")
     if any(r["drained"] for r in rows):
         print("* stopped taking jobs after a job drain (worker_anomaly event)")
-    return EXIT_OK
-
-
-# -- events tail -------------------------------------------------------------------------------------------------------
-def describe(doc: dict[str, Any]) -> str:
-    from sandbox_runner.cli.jobs import _line
-
-    seq = f"#{doc['event_seq']} " if "event_seq" in doc else ""
-    if doc.get("resource") == "worker":
-        ev = doc.get("event") or {}
-        return (f"{seq}{doc.get('@timestamp', '')} {doc.get('status', '?'):<16} {doc.get('celery_hostname')} "
-                f"active={ev.get('active', '-')} processed={ev.get('processed', '-')}")
-    return seq + _line(doc)
-
-
-def events_tail(args: argparse.Namespace, settings: Settings) -> int:
-    """Follow the Redis list (without consuming it), printing each new document once (duplicates dropped by
-    ``event_id``). Starts with the last ``--lines`` documents; ``--count``/``--timeout`` end it (scripts, tests)."""
-    import msgpack
-    import redis
-
-    url = args.redis_url or settings.redis_url
-    if not url:
-        print("events tail needs Redis: --redis-url or SANDBOX_RUNNER_REDIS_URL", file=sys.stderr)
-        return EXIT_USAGE
-    key = args.key or settings.status_key
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-    seen: OrderedDict[str, None] = OrderedDict()
-    index, printed, warned = None, 0, False
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    while deadline is None or time.monotonic() < deadline:
-        try:
-            if index is None:
-                index = 0 if args.all else max(0, int(client.llen(key)) - args.lines)
-            items = client.lrange(key, index, index + 999)
-            if not items and int(client.llen(key)) < index:
-                index = 0  # the list was consumed (logstash pops it): start over; seen ids keep us from repeats
-            warned = False
-        except redis.RedisError as exc:
-            if not warned:
-                print(f"(redis unreachable: {exc}; retrying)", file=sys.stderr)
-                warned = True
-            items = []
-        if not items:
-            time.sleep(args.interval)
-            continue
-        index = (index or 0) + len(items)
-        for raw in items:
-            doc = msgpack.unpackb(raw, raw=False)
-            event_id = doc.get("event_id")
-            if event_id in seen:
-                continue
-            if event_id:
-                seen[event_id] = None
-                if len(seen) > 100000:
-                    seen.popitem(last=False)
-            job_id = doc.get("job_id") or (doc.get("job") or {}).get("job_id")
-            if args.job_id and job_id != args.job_id:
-                continue
-            print(json.dumps(doc, default=str) if args.json else describe(doc), flush=True)
-            printed += 1
-            if args.count and printed >= args.count:
-                return EXIT_OK
     return EXIT_OK

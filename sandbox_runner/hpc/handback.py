@@ -149,9 +149,10 @@ def register_control_command() -> None:
 
     @control_command(args=[("reason", str)], signature="[reason]")
     def sr_pilot_drain(state: Any, reason: str = "the pilot's walltime ends soon", **_: Any) -> None:
-        from sandbox_runner.worker.lifecycle import _service
+        from sandbox_runner.worker.service import service_of
 
-        pilot = _service.pilot if _service is not None else None
+        service = service_of(getattr(state, "app", None))  # the control panel's state carries the worker's app
+        pilot = service.pilot if service is not None else None
         if pilot is not None:
             pilot.at_walltime(reason)
         raise WorkerShutdown(0)

@@ -35,19 +35,14 @@ from sandbox_runner.worker.lease import LeaseGuard
 from sandbox_runner.worker.naming import hold_name, name_fields
 from sandbox_runner.worker.reconcile import reconcile
 from sandbox_runner.worker.root import pin_work_root
-from sandbox_runner.worker.service import SIGNAL_STATUS, WorkerService
+from sandbox_runner.worker.service import SIGNAL_STATUS, WorkerService, attach_service, service_of
 
 log = structlog.get_logger("sandbox_runner.worker")
 
-_service: WorkerService | None = None
+# the service itself is kept on the worker's Celery app (worker/service.py: attach_service, service_of), where the
+# task and the signals find it; these two only this module reads
 _heart: Heart | None = None
 _metrics: Any = None  # metrics.prom.WorkerMetrics when --metrics-port / --metrics-textfile is on
-
-
-def current_service() -> WorkerService:
-    if _service is None:
-        raise RuntimeError("no worker service: the task ran outside a sandbox_runner worker")
-    return _service
 
 
 def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService | None,
@@ -158,7 +153,7 @@ def make_lifecycle_step(base: Settings) -> type[bootsteps.StartStopStep]:
 
 
 def boot(base: Settings, w: Any) -> WorkerService:
-    global _service, _heart
+    global _heart
     name = str(w.hostname)
     settings = pin_work_root(base.with_overrides(worker_name=name))  # reconcile where its jobs land
     if not hold_name(name, settings.workroot.workers):
@@ -184,8 +179,9 @@ def boot(base: Settings, w: Any) -> WorkerService:
     walltime = ask_scheduler(settings.env, settings.pilot_grace)
     if walltime.pilot:
         log.info("pilot-walltime", pilot=walltime.pilot, time_left=walltime.left(), grace=walltime.grace)
-    _service = service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
-                                       on_exhausted=free_the_allocation)
+    service = WorkerService(settings, emitter, guard, on_drain=stop_taking_jobs, walltime=walltime,
+                            on_exhausted=free_the_allocation)
+    attach_service(w.app, service)
     if walltime.pilot:
         service.pilot = PilotDrain(service, walltime, settings.stop_grace)
         register_control_command()
@@ -209,10 +205,15 @@ def _start_metrics(settings: Settings, emitter: Emitter) -> None:
     _metrics = WorkerMetrics(settings, emitter)
 
 
-def shutdown(**_: Any) -> None:
-    """``worker_shutdown``: the pool has drained; say goodbye and flush what the spool still holds."""
-    global _service, _heart, _metrics
-    heart, service, _heart, _service = _heart, _service, None, None
+def shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown`` (``sender``: the WorkController): the pool has drained; say goodbye and flush what the
+    spool still holds."""
+    global _heart, _metrics
+    app = getattr(sender, "app", None)
+    service = service_of(app)
+    heart, _heart = _heart, None
+    if app is not None:
+        attach_service(app, None)
     _stop_serving_jobs()
     if heart is None or service is None:
         return

@@ -50,17 +50,18 @@ class CheckedTask(Task):
 
 def report_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     """``task_rejected``: Celery dropped a message it could not take as a task; tell the job tracker once."""
-    from sandbox_runner.worker.lifecycle import _service
+    from sandbox_runner.worker.service import service_of
 
-    if _service is None or message is None:
+    service = service_of(getattr(sender, "app", None))  # the sender is the worker's consumer
+    if service is None or message is None:
         return
     headers = getattr(message, "headers", None) or {}
     task_id = headers.get("id") if isinstance(headers, dict) else None
     reason = str(exc) if exc is not None else "the message is not a Celery task"
     error = f"the task message is not a job, dropped: {reason}"
     if isinstance(task_id, str) and task_id:
-        _service.emitter.job_status({"task_id": task_id}, "job-failed", error=error)
+        service.emitter.job_status({"task_id": task_id}, "job-failed", error=error)
     else:
         delivery = getattr(message, "delivery_info", None) or {}
-        _service.emitter.event("worker_anomaly", "invalid_message", {
+        service.emitter.event("worker_anomaly", "invalid_message", {
             "error": error, "routing_key": delivery.get("routing_key"), "task": headers.get("task")})

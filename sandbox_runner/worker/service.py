@@ -278,3 +278,28 @@ class WorkerService:
         self._closed.set()
         if self.guard is not None:
             self.guard.close()
+
+
+#: the Celery app's attribute holding its worker's service: set by the worker's start-up bootstep
+#: (worker/lifecycle.py), read through the app each reader is handed -- the task's ``self.app``, a signal's
+#: ``sender.app``, a control command's ``state.app`` -- so no module keeps the service in a global
+_APP_ATTR = "sandbox_runner_service"
+
+
+def attach_service(app: Any, service: WorkerService | None) -> None:
+    """Keep ``service`` on the worker's Celery ``app`` (None: the worker has shut down)."""
+    setattr(app, _APP_ATTR, service)
+
+
+def service_of(app: Any) -> WorkerService | None:
+    """The service of the worker running ``app``; None before it started, after it stopped, or outside a worker."""
+    service = getattr(app, _APP_ATTR, None)
+    return service if isinstance(service, WorkerService) else None
+
+
+def current_service(app: Any) -> WorkerService:
+    """:func:`service_of` for a task, which cannot run without one."""
+    service = service_of(app)
+    if service is None:
+        raise RuntimeError("no worker service: the task ran outside a sandbox_runner worker")
+    return service
