@@ -32,6 +32,7 @@ venv:
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+	$(PYTHON) scripts/import_cycles.py
 
 test: setup image
 	@$(MAKE) --no-print-directory lint
