@@ -13,10 +13,10 @@ from support.jobs import make_job
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.fake import FakeBackend
-from sandbox_runner.events import Emitter, MemorySink
 from sandbox_runner.hpc.handback import PREEMPTED, PilotDrain
 from sandbox_runner.hpc.walltime import Walltime, ask_scheduler, parse_kill_wait
 from sandbox_runner.settings import load_settings
+from sandbox_runner.testing import CapturedEvents, capture_events
 from sandbox_runner.worker.delivery import TaskInfo
 from sandbox_runner.worker.service import WorkerService
 
@@ -29,14 +29,14 @@ def _sleeps(seconds: float) -> Any:
 
 
 def _pilot(tmp_path: Path, backend: FakeBackend, *, end_in: float, kill_wait: float = 30.0,
-           ) -> tuple[WorkerService, PilotDrain, MemorySink]:
+           ) -> tuple[WorkerService, PilotDrain, CapturedEvents]:
     settings = load_settings({"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work"), "SANDBOX_RUNNER_BACKEND": "fake",
                               "SANDBOX_RUNNER_DRAIN_THRESHOLD": "1", "SANDBOX_RUNNER_DRAIN_WINDOW": "100",
                               "SANDBOX_RUNNER_STOP_GRACE": "0"}, min_free_percent=0.0,
                              worker_name="celery@q-slurm7.01.h")
-    sink = MemorySink()
+    emitter, sink = capture_events(settings.worker_name)
     walltime = Walltime(time.time() + end_in, grace=1.0, pilot="slurm:7", kill_wait=kill_wait)
-    service = WorkerService(settings, Emitter(sink, hostname=settings.worker_name), None,
+    service = WorkerService(settings, emitter, None,
                             backend_for=lambda s, spec: backend, walltime=walltime)
     service.pilot = PilotDrain(service, walltime, settings.stop_grace)
     return service, service.pilot, sink
@@ -62,11 +62,11 @@ class _Run(threading.Thread):
         self.result = self.service.run_task(TaskInfo(self.job["task_id"]), self.job)
 
 
-def _statuses(sink: MemorySink, task_id: str) -> list[str]:
+def _statuses(sink: CapturedEvents, task_id: str) -> list[str]:
     return [d["status"] for d in sink.docs() if d.get("resource") == "job" and d["uuid"] == task_id]
 
 
-def _wait_started(sink: MemorySink, *jobs: dict[str, Any]) -> None:
+def _wait_started(sink: CapturedEvents, *jobs: dict[str, Any]) -> None:
     deadline = time.monotonic() + 10
     while not all("job-started" in _statuses(sink, job["task_id"]) for job in jobs):
         assert time.monotonic() < deadline, "the jobs never started"
@@ -151,7 +151,7 @@ def test_the_pilot_stops_when_a_handed_back_job_comes_round_with_nothing_run_sin
 
     stops: list[bool] = []
     gate = WalltimeGate(Walltime(time.time() + 100, grace=10, pilot="slurm:7"),
-                        Emitter(MemorySink(), hostname="h"), lambda: stops.append(True))
+                        capture_events("h")[0], lambda: stops.append(True))
     long_job, short_job = {"job_info": {"time_limit": 600}}, {"job_info": {"time_limit": 30}}
     assert not gate.fits("long", None, long_job) and gate.refused("long") and not gate.refused("long")
     assert not gate.fits("other-long", None, long_job) and stops == []  # a different job: the queue goes on

@@ -82,7 +82,7 @@ def check_socket(settings: Settings) -> Check:
     """The API service answers, and is new enough for ``keep-id:uid=,gid=`` (podman 4.3).
 
     podman-py serves this one-off check; the per-job path speaks the same REST API through a small stdlib
-    client (podman-py costs ~0.15 s to import and cannot attach to a container: see backends/podman.py).
+    client (podman-py costs ~0.15 s to import and cannot attach to a container: see backends/podman/api.py).
     """
     from podman import PodmanClient
     from podman.errors import APIError, PodmanError
