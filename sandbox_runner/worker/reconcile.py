@@ -10,6 +10,12 @@ Two kinds of leftovers, both found without trusting PIDs or timestamps:
   closed (``_exit_code`` from its container when we stopped one, ``.done``) and gets one ``job-offline`` status --
   unless its status is already terminal, or another worker has since taken the job over (it holds the lease).
 
+* **processes** of such a job still in the session its ``_pid`` led (plain-mode subprocess jobs: the supervisor
+  normally takes them along when the worker dies; this is for when the supervisor was killed with it). Only when
+  that pid is gone, or is still the same process (its start time is ``_pid_start``'s, e.g. an unreaped zombie):
+  the kernel does not reuse a pid number while a process still has it as its session id, so then the session's
+  members can only be the job's; a process that merely got the pid again is never touched.
+
 A ``.running`` that exists but is still empty may belong to a job whose worker is between creating the marker and
 locking it (the stamp is written under the lock): such a marker is left alone until it is a minute old.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.jobdirs import iter_job_paths, lock_held
 from sandbox_runner.job.workdir import RUNNING, WorkDir
+from sandbox_runner.procstat import session_of, start_time
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.lease import LeaseGuard
 
@@ -124,6 +132,32 @@ def _claim(path: str) -> int | None:
     return fd
 
 
+def _sweep_session(path: str) -> list[int]:
+    """SIGKILL what is left of the dead run's session (see the module doc); the pids killed."""
+    try:
+        sid = int(Path(path, "_pid").read_text().strip())
+    except (OSError, ValueError):
+        return []
+    try:
+        recorded: int | None = int(Path(path, "_pid_start").read_text().strip())
+    except (OSError, ValueError):
+        recorded = None
+    leader_start = start_time(sid)
+    if sid <= 1 or (leader_start is not None and (recorded is None or leader_start != recorded)):
+        return []  # that pid is now another process's (or cannot be told apart from one): not ours to kill
+    killed = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and session_of(name) == sid:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                continue  # exited meanwhile, or not ours
+            killed.append(int(name))
+    if killed:
+        log.warning("orphan-processes-killed", job_dir=path, session=sid, pids=killed)
+    return killed
+
+
 def _read_job(path: str) -> dict[str, Any]:
     try:
         job = json.loads(Path(path, "_job.json").read_text())
@@ -135,6 +169,7 @@ def _read_job(path: str) -> dict[str, Any]:
 def _close(path: str, fd: int, exit_code: int | None, emitter: Emitter, guard: LeaseGuard | None,
            me: str, result: Reconciled) -> None:
     wd = WorkDir(Path(path), _lock_fd=fd)
+    _sweep_session(path)
     job = _read_job(path)
     if exit_code is not None and not wd.file("_exit_code").exists():
         wd.write_text("_exit_code", f"{exit_code}\n")
