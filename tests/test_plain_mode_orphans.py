@@ -179,3 +179,17 @@ def _alive_in(pid: int, session: int) -> bool:
         return _session(pid) == session
     except OSError:
         return False
+
+
+def test_bwrap_setting_chooses_plain_mode() -> None:
+    from sandbox_runner.backends.base import ContainerSpec
+    from sandbox_runner.backends.factory import default_backend_for
+    from sandbox_runner.errors import ConfigError
+    from sandbox_runner.settings import load_settings
+
+    spec = ContainerSpec(name="s", image=None, argv=("true",), workdir="/")
+    plain = default_backend_for(load_settings({"SANDBOX_RUNNER_BWRAP": "off"}), spec)
+    assert getattr(plain, "bwrap", "?") is None
+    with pytest.raises(ConfigError) as err:
+        load_settings({"SANDBOX_RUNNER_BWRAP": "maybe"})
+    assert "bwrap" in str(err.value) and "maybe" in str(err.value)

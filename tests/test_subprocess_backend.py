@@ -375,8 +375,23 @@ t.join()
 """
 
 
+_MARKERS: list[str] = []
+
+
 def _marker() -> str:
-    return f"96{uuid.uuid4().int % 10**6}"
+    marker = f"96{uuid.uuid4().int % 10**6}"
+    _MARKERS.append(marker)
+    return marker
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Any:
+    """A failing plain-mode test must not leave its job's processes to the next one."""
+    yield
+    while _MARKERS:
+        for pid in processes_with(_MARKERS.pop()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
 
 
 def _session(pid: int) -> int:
