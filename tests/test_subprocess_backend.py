@@ -473,3 +473,20 @@ def test_plain_mode_a_killed_supervisor_takes_the_jobs_group_along(job_dir: Path
         for p in processes_with(marker):
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_plain_mode_with_more_than_1024_fds_open(job_dir: Path) -> None:
+    """A busy worker's fds go past select()'s 1024: the supervisor's pipe keeps its number, so it must poll."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    require(hard == resource.RLIM_INFINITY or hard >= 1200, f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        result, out, err = run(SubprocessBackend(use_bwrap=False), sh(job_dir, "echo ok"))
+        assert (result.exit_code, out, err) == (0, "ok\n", "")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -72,7 +72,7 @@ def sweep() -> None:
                 pass
         except ChildProcessError:
             return
-        select.select([], [], [], 0.005)
+        select.poll().poll(5)  # ms: let the kernel deliver the kills and re-parent
 
 
 def _status(wait_status: int) -> int:
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, _PDEATH):
-        signal.signal(sig, lambda *_: None)  # a handler (not SIG_IGN, which exec would keep) that wakes select
+        signal.signal(sig, lambda *_: None)  # a handler (not SIG_IGN, which exec would keep) that wakes poll
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, _PDEATH)
@@ -100,9 +100,13 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         sys.stderr.write(f'Unable to exec "{command[0]}": {exc.strerror}\n')
         return 127
+    # poll, not select: the worker may have more than 1024 fds open, and <fd> keeps its number here
+    poller = select.poll()
+    for fd in (death_fd, wake_r):
+        poller.register(fd, select.POLLIN)
     status: int | None = None
     while status is None:
-        ready, _, _ = select.select([death_fd, wake_r], [], [])
+        ready = {fd for fd, _ in poller.poll()}
         if death_fd in ready and not os.read(death_fd, 64):
             sweep()  # the worker is gone, or the backend asked for a kill
             return 137
@@ -125,4 +129,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        code = main(sys.argv)
+    except BaseException:
+        sweep()  # a supervisor that fails must not leave the job unsupervised
+        raise
+    sys.exit(code)
