@@ -1,8 +1,9 @@
-"""reconcile's session sweep, against real processes: what a dead run's session still holds is killed, and a
-process that merely has the recorded pid (a reused pid) is never touched."""
+"""reconcile's sweep of a dead run's processes, against real processes: those carrying the run's token, and the
+session of a supervisor still there, are killed; a process that merely has the recorded pid is never touched."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -53,18 +54,20 @@ def test_no_pid_file_is_nothing_to_do(tmp_path: Path) -> None:
     assert _sweep_session(str(tmp_path)) == []
 
 
-def test_members_outliving_their_leader_are_killed(tmp_path: Path) -> None:
-    """The leader is gone: its pid cannot have been reused while its session has members, so they are the job's."""
-    leader = _session_leader("sh", "-c", "sleep 60 & echo $!")
-    (tmp_path / "_pid").write_text(f"{leader.pid}\n")
-    (tmp_path / "_pid_start").write_text(f"{start_time(leader.pid)}\n")
-    leader.wait(timeout=5)  # reaped: /proc/<pid> is gone, the background sleep lives on in the session
-    members = [p for p in map(int, filter(str.isdigit, (e.name for e in Path("/proc").iterdir())))
-               if session_of(p) == leader.pid]
-    assert members, "the sleep did not outlive its leader"
-    killed = _sweep_session(str(tmp_path))
-    assert killed == members
-    deadline = time.monotonic() + 5
-    while any(session_of(p) == leader.pid for p in members) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(session_of(p) == leader.pid for p in members)
+def test_the_run_is_found_by_its_token_in_any_session(tmp_path: Path) -> None:
+    """The supervisor is gone (its pid may be anyone's by now): what carries its token dies, nothing else."""
+    pid, start = 4194303, 12345  # a supervisor that no longer exists
+    (tmp_path / "_pid").write_text(f"{pid}\n")
+    (tmp_path / "_pid_start").write_text(f"{start}\n")
+    ours = [subprocess.Popen(["sleep", "60"], start_new_session=new, env={
+        **os.environ, "SANDBOX_RUNNER_SUPERVISOR": f"{pid}:{start}"}) for new in (False, True)]
+    other = subprocess.Popen(["sleep", "60"], env={**os.environ, "SANDBOX_RUNNER_SUPERVISOR": f"{pid}:{start + 1}"})
+    try:
+        time.sleep(0.1)  # exec'ed: /proc/<pid>/environ is sleep's
+        assert sorted(_sweep_session(str(tmp_path))) == sorted(p.pid for p in ours)
+        assert [p.wait(timeout=5) for p in ours] == [-9, -9]
+        assert other.poll() is None
+    finally:
+        for p in [*ours, other]:
+            p.kill()
+            p.wait()

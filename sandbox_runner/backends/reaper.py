@@ -4,7 +4,7 @@ Run by the subprocess backend (no bubblewrap) as ``python -I -S reaper.py <fd> <
 leader of the job's own session. It makes itself a *child subreaper* (PR_SET_CHILD_SUBREAPER), so every process
 the job leaves behind -- a ``sleep &``, a double-forked ``setsid`` daemon -- is re-parented to it rather than to
 init, and stays findable in its process tree whatever session or group it moved to. It then spawns the command
-and waits for three things:
+and waits for:
 
 * the command exits: what it left running is killed (as a container's or a bwrap sandbox's pid namespace dies
   with its pid 1), and the reaper exits with the command's status (128+n for a signal);
@@ -13,6 +13,10 @@ and waits for three things:
   even before this process started; PR_SET_PDEATHSIG (also set) fires only on the death of the parent thread;
 * SIGTERM/SIGINT/SIGHUP: the backend signals the job's process group, so the command got the signal too; the
   reaper survives it to do the sweep.
+
+If this process itself is SIGKILLed, none of that runs. For that, the job's environment carries
+``SANDBOX_RUNNER_SUPERVISOR=<pid>:<start time>`` (the job dir's ``_pid``/``_pid_start``): inherited by all it
+forks, in any session, it lets the backend, or the next worker's reconcile, find what is left (``procstat``).
 
 Standard library only, and started with ``-S``: it runs between the worker and the job for the job's whole
 life, so it must start fast and import nothing of the worker.
@@ -75,6 +79,14 @@ def sweep() -> None:
         select.poll().poll(5)  # ms: let the kernel deliver the kills and re-parent
 
 
+def _job_env() -> dict[str, str]:
+    """The job's environment plus this run's token (``procstat.SUPERVISOR_ENV``, kept in step by hand: nothing of
+    sandbox_runner is imported here): ``<pid>:<start time>``, as the job dir's ``_pid``/``_pid_start``."""
+    with open("/proc/self/stat", "rb") as f:
+        start = f.read().rsplit(b")", 1)[1].split()[19].decode()
+    return {**os.environ, "SANDBOX_RUNNER_SUPERVISOR": f"{os.getpid()}:{start}"}
+
+
 def _status(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)
@@ -96,7 +108,7 @@ def main(argv: list[str]) -> int:
     os.set_inheritable(death_fd, False)  # the job must not hold it: only the worker's end counts
     reset = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
     try:
-        child = os.posix_spawnp(command[0], command, os.environ, setsigdef=reset, setsigmask=())
+        child = os.posix_spawnp(command[0], command, _job_env(), setsigdef=reset, setsigmask=())
     except OSError as exc:
         sys.stderr.write(f'Unable to exec "{command[0]}": {exc.strerror}\n')
         return 127

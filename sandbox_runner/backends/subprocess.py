@@ -30,6 +30,7 @@ import structlog
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
 from sandbox_runner.errors import BackendError
+from sandbox_runner.procstat import kill_run, start_time
 
 log = structlog.get_logger("sandbox_runner.subprocess")
 
@@ -235,6 +236,7 @@ class SubprocessBackend:
         finally:
             os.close(passed[0])
         sandbox_pid = _read_child_pid(info_r) if info_r >= 0 else None
+        supervisor_start = None if self.bwrap else start_time(proc.pid)
         job = _Job(proc, sandbox_pid, death_w)
         try:
             io.on_start(proc.pid, None)
@@ -248,10 +250,14 @@ class SubprocessBackend:
         try:
             # Wait without reaping (WNOWAIT): while the zombie exists its pid/pgid cannot be reused, so the
             # cancel thread never signals a stranger. Reap only after marking the job finished under the lock.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            if not self.bwrap:  # the reaper was killed itself? its zombie still holds the group: sweep that
+            ended = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            if not self.bwrap and ended is not None and ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                # The reaper itself was killed (it exits, never dies of a signal, when it can): what it
+                # supervised is found by its token, in any session. Its zombie holds the pid meanwhile.
+                if supervisor_start is not None:
+                    kill_run(proc.pid, supervisor_start)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.killpg(proc.pid, signal.SIGKILL)  # and its group, for a job that cleared its environment
         except ChildProcessError:
             pass  # reaped elsewhere (SIGCHLD ignored); proc.wait() below copes
         except BaseException:
