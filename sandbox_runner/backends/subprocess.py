@@ -230,9 +230,9 @@ class SubprocessBackend:
         except OSError as e:
             if death_w >= 0:
                 os.close(death_w)
-            if self.bwrap or e.filename == spec.workdir:
-                raise BackendError(f"job {spec.name}: cannot start {argv[0]}: {e.strerror or e}") from e
-            return _unable_to_exec(spec.argv[0], e.strerror or str(e), err)
+            # bwrap or the plain-mode supervisor (the command itself was checked above, and the supervisor
+            # reports its own exec failure as "Unable to exec")
+            raise BackendError(f"job {spec.name}: cannot start {argv[0]}: {e.strerror or e}") from e
         finally:
             os.close(passed[0])
         sandbox_pid = _read_child_pid(info_r) if info_r >= 0 else None
