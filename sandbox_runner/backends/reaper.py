@@ -29,9 +29,13 @@ import ctypes
 import os
 import select
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+#: how long a sweep keeps at it: a process stuck in uninterruptible sleep (a hung NFS mount) cannot die, and
+#: must not keep the job from ending
+SWEEP_LIMIT = 30.0
 #: the signal PR_SET_PDEATHSIG sends: one the backend never sends the job's group
 _PDEATH = signal.SIGUSR2
 
@@ -65,8 +69,14 @@ def _descendants() -> list[int]:
 def sweep() -> None:
     """SIGKILL the whole tree until nothing is left: a process forked during a pass is re-parented to us (the
     subreaper) when its parent dies, so the next pass finds it; no child at all means no descendant at all."""
+    deadline = time.monotonic() + SWEEP_LIMIT
     while True:
-        for pid in _descendants():
+        left = _descendants()
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"sandbox-runner: processes {left} of the job did not die of SIGKILL within "
+                             f"{SWEEP_LIMIT:.0f}s (uninterruptible sleep? see their /proc/<pid>/stack); left behind\n")
+            return
+        for pid in left:
             try:  # noqa: SIM105 (contextlib costs 2 ms of start-up, on every job)
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -97,7 +107,7 @@ def main(argv: list[str]) -> int:
     death_fd, parent, command = int(argv[1]), int(argv[2]), argv[4:]
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)  # a wake-up is all we need of it
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, _PDEATH):
         signal.signal(sig, lambda *_: None)  # a handler (not SIG_IGN, which exec would keep) that wakes poll
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
