@@ -26,6 +26,9 @@ class Settings:
     #: config's ``root_work_dir``, else the per-user default.
     work_root: Path | None = None
     backend: str = "podman"
+    #: the subprocess backend's sandbox: "auto" = bubblewrap when it is on PATH, "on" = bubblewrap or fail,
+    #: "off" = plain mode (a session of its own under a subreaper; host filesystem and network)
+    bwrap: str = "auto"
     #: Redis for status documents; None = events go to ``<work_root>/events/events.msgpack``.
     redis_url: str | None = None
     #: Redis for job_info documents (HySDS's metrics Redis, ``REDIS_INFO_URL``); None = the status Redis.
@@ -141,6 +144,7 @@ class Settings:
 _ENV_MAP: dict[str, str] = {
     "SANDBOX_RUNNER_WORK_ROOT": "work_root",
     "SANDBOX_RUNNER_BACKEND": "backend",
+    "SANDBOX_RUNNER_BWRAP": "bwrap",
     "SANDBOX_RUNNER_REDIS_URL": "redis_url",
     "SANDBOX_RUNNER_REDIS_INFO_URL": "redis_info_url",
     "SANDBOX_RUNNER_STATUS_KEY": "status_key",
@@ -210,6 +214,8 @@ def _checked(settings: Settings) -> Settings:
     if settings.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {settings.backend!r} (choose from {', '.join(BACKENDS)})",
                           field="backend")
+    if settings.bwrap not in ("auto", "on", "off"):
+        raise ConfigError(f"bwrap must be auto, on or off, got {settings.bwrap!r}", field="bwrap")
     if settings.job_url_port is not None and not 0 <= settings.job_url_port <= 65535:
         raise ConfigError(f"{settings.job_url_port} is not a TCP port (0-65535; 0 = any free one)",
                           field="job_url_port")

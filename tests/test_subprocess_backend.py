@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -350,13 +351,22 @@ def test_fake_backend_records_writes_and_runs_script(job_dir: Path) -> None:
     assert FakeBackend(exit_code=2).run(s, io).exit_code == 2
 
 
+#: A job that leaves processes behind, all of which ignore SIGTERM and SIGHUP: a daemon (double fork, a session
+#: of its own, re-parented away from the job) and a child in the job's group. $1 marks every process of it.
+FORKING_JOB = """
+(setsid sh -c 'trap "" TERM HUP; : > daemon-ready; sleep "$0"; sleep "$0"' "$1" &)
+sh -c 'trap "" TERM HUP; : > child-ready; sleep "$0"' "$1" &
+echo started
+wait
+"""
+
 _KILLED_WORKER = """
 import sys, threading
 from pathlib import Path
 from sandbox_runner.backends.base import ContainerSpec, JobIO
 from sandbox_runner.backends.subprocess import SubprocessBackend
 d = Path(sys.argv[1])
-spec = ContainerSpec(name="orphan", image=None, argv=("sleep", sys.argv[2]), workdir=str(d))
+spec = ContainerSpec(name="orphan", image=None, argv=("sh", "-c", sys.argv[3], "job", sys.argv[2]), workdir=str(d))
 io = JobIO(d / "o", d / "e", on_start=lambda pid, cid: (d / "pid").write_text(str(pid)))
 # in a thread of its own, as in a worker: the job must die with the process, not only with the main thread
 t = threading.Thread(target=SubprocessBackend(use_bwrap=False).run, args=(spec, io))
@@ -365,17 +375,108 @@ t.join()
 """
 
 
+_MARKERS: list[str] = []
+
+
+def _marker() -> str:
+    marker = f"96{uuid.uuid4().int % 10**6}"
+    _MARKERS.append(marker)
+    return marker
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Any:
+    """A failing plain-mode test must not leave its job's processes to the next one."""
+    yield
+    while _MARKERS:
+        for pid in processes_with(_MARKERS.pop()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+def _session(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[3])
+
+
+def _forked(job_dir: Path, marker: str) -> list[int]:
+    """The forking job's processes once both leftovers are set up (their traps in place)."""
+    ready = lambda: (job_dir / "daemon-ready").exists() and (job_dir / "child-ready").exists()  # noqa: E731
+    assert wait_for(ready, 10), f"the job never forked: {read(job_dir / 'e')}"
+    return processes_with(marker)
+
+
 def test_plain_mode_job_dies_with_a_sigkilled_worker(job_dir: Path) -> None:
+    """Everything the job forked, the daemon in a session of its own too, dies with the worker's process."""
     import signal
     import subprocess
     import sys
 
-    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
-    marker = f"96{uuid.uuid4().int % 10**6}"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(job_dir), marker], cwd=REPO,
+    marker = _marker()
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(job_dir), marker, FORKING_JOB], cwd=REPO,
                             stdout=subprocess.DEVNULL)
-    assert wait_for(lambda: bool(processes_with(f"sleep\0{marker}")), 10), "the job never started"
-    pid = (job_dir / "pid").read_text()
+    found = _forked(job_dir, marker)
+    supervisor = int((job_dir / "pid").read_text())
+    assert {_session(p) for p in found} - {_session(supervisor)}, "the daemon did not leave the job's session"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    assert wait_for(lambda: not processes_with(f"sleep\0{marker}"), 5), f"job {pid} outlived its SIGKILLed worker"
+    assert wait_for(lambda: not processes_with(marker), 5), f"{processes_with(marker)} outlived the worker"
+
+
+def test_plain_mode_what_the_job_leaves_ends_with_it(job_dir: Path) -> None:
+    """As a container's processes end with its pid 1: the job exits, its daemon and background child go."""
+    marker = _marker()
+    script = FORKING_JOB.replace("wait", 'while [ ! -e child-ready ] || [ ! -e daemon-ready ]; do sleep 0.01; done')
+    result, out, _ = run(SubprocessBackend(use_bwrap=False), spec(job_dir, "sh", "-c", script, "job", marker))
+    assert (result.exit_code, out) == (0, "started\n")
+    assert not processes_with(marker)
+
+
+def test_plain_mode_cancel_kills_a_daemonized_grandchild(job_dir: Path) -> None:
+    marker = _marker()
+    script = "trap '' TERM HUP\n" + FORKING_JOB
+    io = JobIO(job_dir / "o", job_dir / "e")
+    threading.Thread(target=lambda: _forked(job_dir, marker) and io.cancel.set()).start()
+    result, _, _ = run(SubprocessBackend(use_bwrap=False),
+                       spec(job_dir, "sh", "-c", script, "job", marker, stop_grace=0.3), io)
+    assert result.exit_code == 137  # TERM ignored by all: killed after the grace period
+    assert not processes_with(marker)
+
+
+def test_plain_mode_a_killed_supervisor_takes_all_of_the_job_along(job_dir: Path) -> None:
+    """The supervisor itself SIGKILLed (the OOM killer's pick): the backend finds the rest by the run's token in
+    their environment, the daemon in another session too."""
+    import signal
+
+    marker = _marker()
+    io = JobIO(job_dir / "o", job_dir / "e", on_start=lambda pid, cid: (job_dir / "pid").write_text(str(pid)))
+    tokens: list[bytes] = []
+
+    def kill_supervisor() -> None:
+        for pid in _forked(job_dir, marker):
+            tokens.extend(v for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                          if v.startswith(b"SANDBOX_RUNNER_SUPERVISOR="))
+        os.kill(int((job_dir / "pid").read_text()), signal.SIGKILL)
+
+    threading.Thread(target=kill_supervisor).start()
+    result, _, _ = run(SubprocessBackend(use_bwrap=False), spec(job_dir, "sh", "-c", FORKING_JOB, "job", marker), io)
+    assert result.exit_code == 137
+    supervisor = int((job_dir / "pid").read_text())
+    assert len(set(tokens)) == 1 and tokens[0].startswith(f"SANDBOX_RUNNER_SUPERVISOR={supervisor}:".encode())
+    assert wait_for(lambda: not processes_with(marker), 5), processes_with(marker)
+
+
+def test_plain_mode_with_more_than_1024_fds_open(job_dir: Path) -> None:
+    """A busy worker's fds go past select()'s 1024: the supervisor's pipe keeps its number, so it must poll."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    require(hard == resource.RLIM_INFINITY or hard >= 1200, f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        result, out, err = run(SubprocessBackend(use_bwrap=False), sh(job_dir, "echo ok"))
+        assert (result.exit_code, out, err) == (0, "ok\n", "")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

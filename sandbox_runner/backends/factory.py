@@ -25,7 +25,8 @@ def default_backend_for(settings: Settings, spec: ContainerSpec) -> Backend:
     if settings.backend == "subprocess" or spec.image is None:
         from sandbox_runner.backends.subprocess import SubprocessBackend
 
-        return SubprocessBackend(env=settings.env)
+        use_bwrap = {"on": True, "off": False}.get(settings.bwrap)  # "auto": None, bwrap if installed
+        return SubprocessBackend(env=settings.env, use_bwrap=use_bwrap)
     from sandbox_runner.backends.podman.backend import PodmanBackend
 
     return PodmanBackend(settings.podman_socket, worker=settings.worker_name)

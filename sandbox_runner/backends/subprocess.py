@@ -3,7 +3,8 @@
 With bwrap the job sees the host root read-only, private /tmp, /dev and /proc, its work dir and the
 policy-checked mounts as asked, and (unless ``network == "host"``) no network: ``--unshare-all`` gives it
 fresh user/pid/net/ipc/uts namespaces, which works for a plain user. Without bwrap it is a plain subprocess
-in its own session, like HySDS's MonitoredRunner, and nothing but the environment is restricted.
+in its own session, like HySDS's MonitoredRunner, and nothing but the environment is restricted; a small
+supervisor (``reaper.py``, a child subreaper) runs it so that nothing it forks outlives the job or the worker.
 
 ``spec.image``, ``uid``/``gid`` and ``runtime_options`` do not apply here: the command runs as the worker user
 on the host's own root filesystem.
@@ -19,6 +20,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -28,6 +30,7 @@ import structlog
 
 from sandbox_runner.backends.base import ContainerSpec, JobIO, RunResult
 from sandbox_runner.errors import BackendError
+from sandbox_runner.procstat import kill_run, start_time
 
 log = structlog.get_logger("sandbox_runner.subprocess")
 
@@ -39,6 +42,8 @@ _View = list[tuple[str, str | None, bool]]
 _Std = tuple[BinaryIO, BinaryIO]
 #: Warnings already given by this process: the runner builds a backend per job, so "once" is per process.
 _WARNED: set[str] = set()
+#: plain mode's supervisor, run as a script by path (``-S``: no site, it imports only the standard library)
+_REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
 
 
 def _warn_once(event: str, **fields: Any) -> None:
@@ -77,9 +82,10 @@ def _lookup(path: str, view: _View) -> tuple[str | None, bool]:
 class _Job:
     """The running process and the lock that keeps signals from reaching a reaped (reusable) pid."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sandbox_pid: int | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sandbox_pid: int | None, death_w: int = -1) -> None:
         self.proc = proc
         self.sandbox_pid = sandbox_pid  # bwrap's init: pid 1 of the sandbox, leader of its session
+        self.death_w = death_w  # plain mode: closing it makes the reaper SIGKILL the job's whole tree
         self.lock = threading.Lock()
         self.finished = threading.Event()
 
@@ -88,7 +94,12 @@ class _Job:
             if self.finished.is_set():
                 return
             with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-                if self.sandbox_pid is None:  # plain mode (or bwrap failed before making a sandbox)
+                if self.sandbox_pid is None and sig == signal.SIGKILL and self.death_w >= 0:
+                    # Not killpg: the reaper would die with the group before it could find what the job
+                    # moved out of it (setsid daemons). A second SIGKILL (the reaper did not exit) is a killpg.
+                    os.close(self.death_w)
+                    self.death_w = -1
+                elif self.sandbox_pid is None:  # plain mode (or bwrap failed before making a sandbox)
                     os.killpg(self.proc.pid, sig)
                 elif sig != signal.SIGKILL and _has_other_members(self.sandbox_pid):
                     # The job runs in the sandbox's session (--new-session), led by bwrap's init; the init has
@@ -103,6 +114,9 @@ class _Job:
     def mark_finished(self) -> None:
         with self.lock:
             self.finished.set()
+            if self.death_w >= 0:
+                os.close(self.death_w)
+                self.death_w = -1
 
 
 def _has_other_members(pgid: int) -> bool:
@@ -126,6 +140,8 @@ def _watch_cancel(job: _Job, cancel: threading.Event, grace: float) -> None:
     job.signal(signal.SIGTERM)
     if not job.finished.wait(grace):
         job.signal(signal.SIGKILL)
+        if not job.finished.wait(max(grace, 5.0)):  # plain mode: the reaper was asked, and did not end
+            job.signal(signal.SIGKILL)
 
 
 class SubprocessBackend:
@@ -140,7 +156,6 @@ class SubprocessBackend:
             raise BackendError("bubblewrap (bwrap) was requested but is not on PATH")
         self.bwrap: str | None = found if use_bwrap is not False else None
         self.base_env = base_env(os.environ if env is None else env)
-        self.setpriv = shutil.which("setpriv") if self.bwrap is None else None  # util-linux
         if self.bwrap is None:
             _warn_once("subprocess-unsandboxed", detail="no bubblewrap: jobs get the host network and filesystem")
 
@@ -159,25 +174,16 @@ class SubprocessBackend:
         # stdout and stderr are the same file.
         with open(io.stdout, "ab") as out, open(io.stderr, "ab") as err:
             if self.bwrap is None:
-                # behind setpriv an exec failure would be setpriv's exit code, not "Unable to exec": check first
-                problem = _exec_problem(spec.argv[0], env, spec.workdir, [("/", "/", False)]) \
-                    if self.setpriv else None
+                # behind the reaper an exec failure would be its exit code, not "Unable to exec": check first
+                problem = _exec_problem(spec.argv[0], env, spec.workdir, [("/", "/", False)])
                 if problem:
                     return _unable_to_exec(spec.argv[0], problem, err)
-                return self._spawn(spec, io, self._plain_argv(spec), env, (out, err))
+                return self._spawn(spec, io, [*spec.argv], env, (out, err))
             args, view = self._bwrap_args(spec)
             problem = _exec_problem(spec.argv[0], env, spec.workdir, view)
             if problem:
                 return _unable_to_exec(spec.argv[0], problem, err)
             return self._spawn(spec, io, [self.bwrap, *args, "--", *spec.argv], env, (out, err))
-
-    def _plain_argv(self, spec: ContainerSpec) -> list[str]:
-        """Plain mode: the job gets SIGKILL when the worker thread that started it dies (a SIGKILLed worker,
-        an OOM kill), as bwrap's --die-with-parent gives a sandbox. setpriv sets it and execs the command, so
-        no Python runs between fork and exec (a preexec_fn is unsafe in a threaded worker)."""
-        if self.setpriv is None:
-            return [*spec.argv]
-        return [self.setpriv, "--pdeathsig", "KILL", "--", *spec.argv]
 
     def _bwrap_args(self, spec: ContainerSpec) -> tuple[list[str], _View]:
         binds = [(spec.workdir, spec.workdir, True)] + [(m.container, m.host, m.mode == "rw") for m in spec.mounts]
@@ -203,6 +209,12 @@ class SubprocessBackend:
         info_r, info_w = os.pipe() if self.bwrap else (-1, -1)
         if self.bwrap:
             argv[1:1] = ["--info-fd", str(info_w)]  # bwrap reports the sandbox's pid (= its session) there
+        # Plain mode: the reaper holds the read end, this process the write end (close-on-exec, so no other
+        # child keeps it): its EOF, however this process dies, makes the reaper kill all of the job.
+        death_r, death_w = (-1, -1) if self.bwrap else os.pipe()
+        if not self.bwrap:
+            argv = [sys.executable, "-I", "-S", _REAPER, str(death_r), str(os.getpid()), "--", *argv]
+        passed = (info_w,) if self.bwrap else (death_r,)
         started = time.time()
         try:
             proc = subprocess.Popen(
@@ -213,17 +225,19 @@ class SubprocessBackend:
                 stdout=out,  # the files' own descriptors: output lands while the job runs, nothing is copied
                 stderr=err,
                 start_new_session=True,  # one process group to signal; the worker's signals don't reach it
-                pass_fds=(info_w,) if self.bwrap else (),
+                pass_fds=passed,
             )
         except OSError as e:
-            if self.bwrap or e.filename == spec.workdir:
-                raise BackendError(f"job {spec.name}: cannot start {argv[0]}: {e.strerror or e}") from e
-            return _unable_to_exec(spec.argv[0], e.strerror or str(e), err)
+            if death_w >= 0:
+                os.close(death_w)
+            # bwrap or the plain-mode supervisor (the command itself was checked above, and the supervisor
+            # reports its own exec failure as "Unable to exec")
+            raise BackendError(f"job {spec.name}: cannot start {argv[0]}: {e.strerror or e}") from e
         finally:
-            if info_w >= 0:
-                os.close(info_w)
+            os.close(passed[0])
         sandbox_pid = _read_child_pid(info_r) if info_r >= 0 else None
-        job = _Job(proc, sandbox_pid)
+        supervisor_start = None if self.bwrap else start_time(proc.pid)
+        job = _Job(proc, sandbox_pid, death_w)
         try:
             io.on_start(proc.pid, None)
         except BaseException:
@@ -236,7 +250,14 @@ class SubprocessBackend:
         try:
             # Wait without reaping (WNOWAIT): while the zombie exists its pid/pgid cannot be reused, so the
             # cancel thread never signals a stranger. Reap only after marking the job finished under the lock.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            ended = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            if not self.bwrap and ended is not None and ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                # The reaper itself was killed (it exits, never dies of a signal, when it can): what it
+                # supervised is found by its token, in any session. Its zombie holds the pid meanwhile.
+                if supervisor_start is not None:
+                    kill_run(proc.pid, supervisor_start)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # and its group, for a job that cleared its environment
         except ChildProcessError:
             pass  # reaped elsewhere (SIGCHLD ignored); proc.wait() below copes
         except BaseException:

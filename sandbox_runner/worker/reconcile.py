@@ -10,6 +10,12 @@ Two kinds of leftovers, both found without trusting PIDs or timestamps:
   closed (``_exit_code`` from its container when we stopped one, ``.done``) and gets one ``job-offline`` status --
   unless its status is already terminal, or another worker has since taken the job over (it holds the lease).
 
+* **processes** of such a job still running (plain-mode subprocess jobs: the supervisor normally takes them along
+  when the worker dies; this is for when the supervisor was killed with it). Found by ``_pid``/``_pid_start``,
+  never by pid alone: those whose environment holds the supervisor's token ``<pid>:<start time>`` (inherited by
+  all the job forked, in any session), and, while ``_pid`` is still that same process (same start time, e.g. an
+  unreaped zombie), the members of its session. A process that merely got the pid again is never touched.
+
 A ``.running`` that exists but is still empty may belong to a job whose worker is between creating the marker and
 locking it (the stamp is written under the lock): such a marker is left alone until it is a minute old.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ from sandbox_runner.events.documents import TERMINAL_STATUSES
 from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.jobdirs import iter_job_paths, lock_held
 from sandbox_runner.job.workdir import RUNNING, WorkDir
+from sandbox_runner.procstat import kill_run, session_of, start_time
 from sandbox_runner.settings import Settings
 from sandbox_runner.worker.lease import LeaseGuard
 
@@ -124,6 +132,29 @@ def _claim(path: str) -> int | None:
     return fd
 
 
+def _sweep_session(path: str) -> list[int]:
+    """SIGKILL what is left of the dead run's processes (see the module doc); the pids killed."""
+    try:
+        pid = int(Path(path, "_pid").read_text().strip())
+        recorded = int(Path(path, "_pid_start").read_text().strip())
+    except (OSError, ValueError):
+        return []  # no record of which process it was: never guess by pid alone
+    if pid <= 1:
+        return []
+    killed = kill_run(pid, recorded)  # by the token in their environment, in any session
+    if start_time(pid) == recorded:  # the leader is still that same process (alive, or an unreaped zombie)
+        for name in os.listdir("/proc"):
+            if name.isdigit() and session_of(name) == pid:  # then its session's members are the job's
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    continue  # exited meanwhile, or not ours
+                killed.append(int(name))
+    if killed:
+        log.warning("orphan-processes-killed", job_dir=path, supervisor=pid, pids=sorted(set(killed)))
+    return killed
+
+
 def _read_job(path: str) -> dict[str, Any]:
     try:
         job = json.loads(Path(path, "_job.json").read_text())
@@ -135,6 +166,7 @@ def _read_job(path: str) -> dict[str, Any]:
 def _close(path: str, fd: int, exit_code: int | None, emitter: Emitter, guard: LeaseGuard | None,
            me: str, result: Reconciled) -> None:
     wd = WorkDir(Path(path), _lock_fd=fd)
+    _sweep_session(path)
     job = _read_job(path)
     if exit_code is not None and not wd.file("_exit_code").exists():
         wd.write_text("_exit_code", f"{exit_code}\n")

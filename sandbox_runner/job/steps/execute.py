@@ -13,6 +13,7 @@ from sandbox_runner.events.documents import iso_now
 from sandbox_runner.job.steps import registry
 from sandbox_runner.job.steps.base import JobContext
 from sandbox_runner.metrics import live, phases
+from sandbox_runner.procstat import start_time
 
 log = structlog.get_logger("sandbox_runner")
 
@@ -54,6 +55,9 @@ class RunCommand:
                 running.append(pid)
                 live.CONTAINERS_RUNNING.add(1)
             wd.write_text("_pid", f"{pid}\n")
+            start = start_time(pid)
+            if start is not None:  # lets a later reconcile tell this process's session from a pid's reuse
+                wd.write_text("_pid_start", f"{start}\n")
             info["pid"] = pid
 
         io = JobIO(stdout=wd.file("_stdout.txt"), stderr=wd.file("_stderr.txt"), on_start=started,
