@@ -94,13 +94,23 @@ def test_a_worker_file_the_mount_policy_refuses_is_one_job_failed_naming_the_set
     env = _files(tmp_path)
     backend = FakeBackend()
     runner, sink = fake_runner(tmp_path / "work", backend, env={
-        "HYSDS_CELERY_CFG": "/etc/hostname", "HYSDS_DATASETS_CFG": env["HYSDS_DATASETS_CFG"]})
+        "HYSDS_CELERY_CFG": "/etc/shadow", "HYSDS_DATASETS_CFG": env["HYSDS_DATASETS_CFG"]})
     runner.run(make_job("/bin/true"))
     doc = sink.terminal()
     assert doc["status"] == "job-failed" and backend.calls == []
-    assert doc["error"].startswith("HYSDS_CELERY_CFG (/etc/hostname) cannot be given to the job as celeryconfig.py"
+    assert doc["error"].startswith("HYSDS_CELERY_CFG (/etc/shadow) cannot be given to the job as celeryconfig.py"
                                    ": "), doc["error"]
-    assert "not under an allowed prefix" in doc["error"]
+    assert "refused by deny pattern /etc/shadow" in doc["error"]
+
+
+def test_a_worker_file_outside_the_allow_list_is_still_mounted_the_operator_named_it(tmp_path: Path) -> None:
+    """Sites keep their worker files in /etc, /opt, /var: the file the worker's settings name is allowed wherever it
+    is (a job's own mappings still need an allowed prefix: tests/test_mounts.py)."""
+    backend = FakeBackend()
+    runner, sink = fake_runner(tmp_path / "work", backend, env={"HYSDS_CELERY_CFG": "/etc/hostname"})
+    assert runner.run(make_job("/bin/true")).ok, sink.terminal()
+    (mount,) = [m for m in backend.calls[0].mounts if m.container.endswith("/celeryconfig.py")]
+    assert (mount.host, mount.mode) == ("/etc/hostname", "ro")
 
 
 def test_shipped_policy_shares_nothing_and_bad_policies_name_the_file(tmp_path: Path) -> None:
@@ -267,8 +277,8 @@ def test_doctor_checks_the_worker_files_and_the_socket_grant(tmp_path: Path) -> 
     base = {"SANDBOX_RUNNER_WORK_ROOT": str(tmp_path / "work")}
     good = check_sharing(load_settings({**base, **env}).with_overrides(uid=1001))
     assert good.ok and f"celeryconfig.py <- {env['HYSDS_CELERY_CFG']}" in good.detail
-    bad = check_sharing(load_settings({**base, **env, "HYSDS_CELERY_CFG": "/etc/hostname"}))
-    assert not bad.ok and bad.required and bad.detail.startswith("HYSDS_CELERY_CFG (/etc/hostname)")
+    bad = check_sharing(load_settings({**base, **env, "HYSDS_CELERY_CFG": "/etc/shadow"}))
+    assert not bad.ok and bad.required and bad.detail.startswith("HYSDS_CELERY_CFG (/etc/shadow)")
     policy = _policy(tmp_path, '[engine_socket]\nallow = ["job-SCIFLO_*"]\n', "doctor.toml")
     rootful = check_sharing(load_settings({**base, "SANDBOX_RUNNER_SHARING_POLICY": policy}).with_overrides(uid=0))
     assert not rootful.ok and "engine socket for: job-SCIFLO_*" in rootful.detail and "rootless" in rootful.fix

@@ -19,6 +19,7 @@ travels in its own spec field so that no ``container_mappings`` can ever produce
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import posixpath
@@ -92,8 +93,12 @@ def _match(job_type: str, patterns: tuple[str, ...]) -> str | None:
 def worker_file_mounts(celery_cfg: Path | None, datasets_cfg: Path | None, job_mounts: tuple[Mount, ...], *,
                        job_dir: str, policy: MountPolicy, env: Mapping[str, str]) -> tuple[Mount, ...]:
     """``celeryconfig.py`` and ``datasets.json`` in the job dir, read-only, unless the job already maps that
-    host file or that target itself (HySDS's rule). A file the mount policy refuses fails the job: the error
-    names the setting, so the operator knows which file to move or which prefix to allow."""
+    host file or that target itself (HySDS's rule).
+
+    The operator named these files in the worker's own settings, and no job can choose them, so the exact file
+    is allowed wherever it lives (a site keeps its datasets.json in ``/etc``, ``/opt`` or ``/var``); the policy's
+    deny patterns and the engine-socket refusal still apply. A file they refuse fails the job, naming the
+    setting."""
     taken_hosts = {m.host for m in job_mounts}
     taken_targets = {m.container for m in job_mounts}
     mounts: list[Mount] = []
@@ -105,7 +110,8 @@ def worker_file_mounts(celery_cfg: Path | None, datasets_cfg: Path | None, job_m
         if target in taken_targets or os.path.realpath(path) in taken_hosts:
             continue
         try:
-            (mount,) = resolve_mounts({str(path): [name, "ro"]}, job_dir=job_dir, policy=policy, env=env)
+            named = dataclasses.replace(policy, allow=(*policy.allow, os.path.realpath(path)))
+            (mount,) = resolve_mounts({str(path): [name, "ro"]}, job_dir=job_dir, policy=named, env=env)
         except MountPolicyError as exc:
             raise MountPolicyError(f"{setting} ({path}) cannot be given to the job as {name}: {exc}") from None
         if not os.path.isfile(mount.host):
