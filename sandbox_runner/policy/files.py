@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -29,3 +30,15 @@ def read_policy(path: str | Path | None, shipped: str, what: str) -> tuple[str, 
         return source, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+
+
+def job_type_patterns(value: Any, name: str, source: str) -> tuple[str, ...]:
+    """A policy field that lists job types as shell globs; ConfigError naming the field when it is not one."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name} must be a list of job-type patterns (strings)", source=source)
+    return tuple(value)
+
+
+def matching_pattern(job_type: str, patterns: tuple[str, ...]) -> str | None:
+    """The first of ``patterns`` that ``job_type`` matches (case-sensitive, as job types are), or None."""
+    return next((p for p in patterns if fnmatch.fnmatchcase(job_type, p)), None)

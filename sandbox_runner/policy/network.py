@@ -13,15 +13,13 @@ The policy then denies or allows networking per job type and worker-wide; a deni
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from sandbox_runner.errors import ConfigError
-from sandbox_runner.policy.files import read_policy
+from sandbox_runner.policy.files import job_type_patterns, matching_pattern, read_policy
 
 TUN = "/dev/net/tun"
 
@@ -37,13 +35,6 @@ class NetworkPolicy:
     source: str = "built-in"
 
 
-def _patterns(doc: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
-    value = doc.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key} must be a list of job-type patterns (strings)", source=source)
-    return tuple(value)
-
-
 @lru_cache(maxsize=8)
 def load_network_policy(path: Path | None) -> NetworkPolicy:
     """The policy at ``path``, or the shipped ``policies/network.toml``; ConfigError names the file and field."""
@@ -54,7 +45,8 @@ def load_network_policy(path: Path | None) -> NetworkPolicy:
     enabled = doc.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"enabled must be true or false, got {enabled!r}", source=source)
-    return NetworkPolicy(enabled, _patterns(doc, "deny", source), _patterns(doc, "allow", source), source)
+    return NetworkPolicy(enabled, job_type_patterns(doc.get("deny", []), "deny", source),
+                         job_type_patterns(doc.get("allow", []), "allow", source), source)
 
 
 def node_network(rootless: bool, tun_usable: bool) -> tuple[str, str]:
@@ -75,10 +67,10 @@ def this_node() -> tuple[bool, bool]:
 def choose_network(job_type: str, asked: str | None, policy: NetworkPolicy,
                    node: tuple[bool, bool] | None = None) -> tuple[str, str]:
     """``(network, why)`` for a job of ``job_type`` whose ``runtime_options`` ask for ``asked`` (None: nothing)."""
-    denied = next((p for p in policy.deny if fnmatch.fnmatchcase(job_type, p)), None)
+    denied = matching_pattern(job_type, policy.deny)
     if denied is not None:
         return "none", f"job type {job_type!r} matches deny {denied!r} in {policy.source}"
-    allowed = next((p for p in policy.allow if fnmatch.fnmatchcase(job_type, p)), None)
+    allowed = matching_pattern(job_type, policy.allow)
     if not policy.enabled and allowed is None:
         return "none", f"networking is off worker-wide (enabled = false in {policy.source})"
     if asked is not None:

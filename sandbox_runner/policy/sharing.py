@@ -20,7 +20,6 @@ travels in its own spec field so that no ``container_mappings`` can ever produce
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import posixpath
 import stat
@@ -32,7 +31,7 @@ from typing import Any, cast
 
 from sandbox_runner.backends.base import Mount, MountMode
 from sandbox_runner.errors import ConfigError, MountPolicyError
-from sandbox_runner.policy.files import read_policy
+from sandbox_runner.policy.files import job_type_patterns, matching_pattern, read_policy
 from sandbox_runner.policy.mounts import MountPolicy, resolve_mounts
 
 #: the names HySDS gives the worker's files in every job dir
@@ -62,13 +61,6 @@ def _table(doc: dict[str, Any], name: str, keys: set[str], source: str) -> dict[
     return table
 
 
-def _globs(table: dict[str, Any], where: str, source: str) -> tuple[str, ...]:
-    value = table.get("allow", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}.allow must be a list of job-type patterns (strings)", source=source)
-    return tuple(value)
-
-
 @lru_cache(maxsize=8)
 def load_sharing_policy(path: Path | None) -> SharingPolicy:
     """The policy at ``path``, or the shipped ``policies/sharing.toml``; ConfigError names the file and field."""
@@ -82,12 +74,9 @@ def load_sharing_policy(path: Path | None) -> SharingPolicy:
     mode = root.get("mode", "ro")
     if mode not in ("ro", "rw"):
         raise ConfigError(f"work_root.mode must be \"ro\" or \"rw\", got {mode!r}", source=source)
-    return SharingPolicy(_globs(sock, "engine_socket", source), _globs(root, "work_root", source),
+    return SharingPolicy(job_type_patterns(sock.get("allow", []), "engine_socket.allow", source),
+                         job_type_patterns(root.get("allow", []), "work_root.allow", source),
                          cast(MountMode, mode), source)
-
-
-def _match(job_type: str, patterns: tuple[str, ...]) -> str | None:
-    return next((p for p in patterns if fnmatch.fnmatchcase(job_type, p)), None)
 
 
 def worker_file_mounts(celery_cfg: Path | None, datasets_cfg: Path | None, job_mounts: tuple[Mount, ...], *,
@@ -123,7 +112,7 @@ def worker_file_mounts(celery_cfg: Path | None, datasets_cfg: Path | None, job_m
 def work_root_mounts(job_type: str, sharing: SharingPolicy, *, work_root: Path, cache_dir: Path, job_dir: str,
                      policy: MountPolicy, env: Mapping[str, str]) -> tuple[tuple[Mount, ...], str]:
     """HySDS's fixed work-root mounts when the job's type is listed, with why (for ``--dry-run``)."""
-    allowed = _match(job_type, sharing.work_root)
+    allowed = matching_pattern(job_type, sharing.work_root)
     if allowed is None:
         return (), f"job type {job_type!r} is not in work_root.allow of {sharing.source}: only its own job dir"
     wanted: dict[str, Any] = {}
@@ -153,7 +142,7 @@ def engine_socket_for(job_type: str, sharing: SharingPolicy, *, socket: str | No
                       worker_uid: int) -> tuple[str | None, str]:
     """``(socket path or None, why)`` for a job of ``job_type``; MountPolicyError when the policy allows it
     but the engine is rootful (the job would be root on the host) or not reachable by a path."""
-    allowed = _match(job_type, sharing.engine_socket)
+    allowed = matching_pattern(job_type, sharing.engine_socket)
     if allowed is None:
         return None, f"job type {job_type!r} is not in engine_socket.allow of {sharing.source}"
     why = f"job type {job_type!r} matches engine_socket.allow {allowed!r} in {sharing.source}"
