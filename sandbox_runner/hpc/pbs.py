@@ -44,13 +44,11 @@ class PBS:
     def script(self, request: PilotRequest) -> str:
         program = program_for(request.queue)
         walltime = parse_walltime(request.time)
-        worker = " ".join(shlex.quote(a) for a in [
-            request.python, "-m", "sandbox_runner.cli", "worker", "-Q", request.queue, "-c", str(request.concurrency)])
+        worker = request.worker_command()
         # single quotes: expanded by each task's own shell, where PBS_VNODENUM is that task's
         task = (f'exec {worker} -n "celery@{program}-pbs${{PBS_JOBID%%.*}}.$(printf %02d $((PBS_VNODENUM + 1)))'
                 '.%h"')
-        drain = " ".join(shlex.quote(a) for a in [
-            request.python, "-m", "sandbox_runner.cli", "pbs", "drain", "-Q", request.queue])
+        drain = request.drain_command("pbs")
         directives = [
             f"#PBS -N {request.job_name}",
             f"#PBS -l walltime={pbs_walltime(request.time)}",

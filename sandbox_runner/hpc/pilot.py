@@ -97,15 +97,23 @@ class PilotRequest:
             argv += ["--output", str(self.log_dir / f"{self.job_name}-%j.out")]
         return argv + list(self.sbatch_args)
 
+    def worker_command(self) -> str:
+        """The shell words that start one of the pilot's workers (its ``-n`` name is the scheduler's to add)."""
+        return " ".join(shlex.quote(a) for a in [
+            self.python, "-m", "sandbox_runner.cli", "worker", "-Q", self.queue, "-c", str(self.concurrency)])
+
+    def drain_command(self, scheduler: str) -> str:
+        """The shell words the pilot's TERM trap runs: ``sandbox-runner <scheduler> drain -Q <queue>``."""
+        return " ".join(shlex.quote(a) for a in [
+            self.python, "-m", "sandbox_runner.cli", scheduler, "drain", "-Q", self.queue])
+
     def script(self) -> str:
         program = program_for(self.queue)
-        worker = " ".join(shlex.quote(a) for a in [
-            self.python, "-m", "sandbox_runner.cli", "worker", "-Q", self.queue, "-c", str(self.concurrency)])
+        worker = self.worker_command()
         # Single quotes: the name is expanded by each task's own shell, where SLURM_LOCALID is that task's.
         task = (f'exec {worker} -n "celery@{program}-slurm${{SLURM_JOB_ID}}.$(printf %02d $((SLURM_LOCALID + 1)))'
                 '.%h"')
-        drain = " ".join(shlex.quote(a) for a in [
-            self.python, "-m", "sandbox_runner.cli", "slurm", "drain", "-Q", self.queue])
+        drain = self.drain_command("slurm")
         return "\n".join([
             "#!/bin/bash",
             f"# sandbox-runner pilot for queue {self.queue}: {self.nodes} node(s) x {self.workers_per_node} "
