@@ -54,6 +54,7 @@ class Scrubber:
                  clock: Callable[[], float] = time.time) -> None:
         # everything below works on paths under the realpath of the root, so no component is a symlink
         self.root = os.path.realpath(root)
+        self.layout = WorkRoot(Path(self.root))
         self.policy, self.emitter, self.dry_run, self.on_action = policy, emitter, dry_run, on_action
         self.protect = frozenset(os.path.realpath(p) for p in protect)
         self.cache = cache if cache is not None else open_cache(self.root)
@@ -79,7 +80,7 @@ class Scrubber:
     # -- the ladder --------------------------------------------------------------------------------------------
     def ladder(self, want_bytes: int, want_inodes: int) -> bool:
         """Scrub until ``want_bytes`` and ``want_inodes`` are free. True when they are."""
-        qdir = q.ensure_dir(self.root) if not self.dry_run else os.fspath(WorkRoot(Path(self.root)).quarantine)
+        qdir = q.ensure_dir(self.root) if not self.dry_run else os.fspath(self.layout.quarantine)
         pending: list[int] | None = None
         for rung in self.policy.order:
             if self.shortfall(want_bytes, want_inodes) == (0, 0):
@@ -121,7 +122,7 @@ class Scrubber:
     def candidates(self, rung: str) -> Iterator[JobDir]:
         """Job dirs this rung may quarantine, oldest first; reports crashed jobs it passes on the way."""
         now, pol = self.clock(), self.policy
-        for path in iter_job_paths(os.fspath(WorkRoot(Path(self.root)).jobs)):
+        for path in iter_job_paths(os.fspath(self.layout.jobs)):
             if path in self.protect:
                 continue
             job = classify(path)
@@ -161,13 +162,13 @@ class Scrubber:
             self._purge(q.Entry(job.job_id, job.path, size, inodes, 0.0), reason)
             size = inodes = 0
         # empty time dirs cost an inode each, and a full-inode disk is what we may be fixing
-        prune_empty_parents(job.path, os.fspath(WorkRoot(Path(self.root)).jobs), self.clock())
+        prune_empty_parents(job.path, os.fspath(self.layout.jobs), self.clock())
         return size, inodes
 
     # -- housekeeping (periodic and manual scrubs) -------------------------------------------------------------
     def housekeeping(self) -> None:
         """What a scrub does even when space is fine: quarantine TTL, the cache cap, crashed-job discovery."""
-        qdir = os.fspath(WorkRoot(Path(self.root)).quarantine)
+        qdir = os.fspath(self.layout.quarantine)
         if not os.path.islink(qdir):
             horizon = self.clock() - self.policy.quarantine_ttl
             for entry in q.oldest_first(qdir, measure, after=self._q_cursor):
