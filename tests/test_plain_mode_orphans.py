@@ -14,10 +14,12 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.celery_helpers import client, job_docs, statuses, wait_for
+from support.celery_helpers import WorkerProc, client, job_docs, statuses, wait_for
 from support.jobs import make_job, write_job
 from support.machine import USER, VENV_BIN, Worker
 
@@ -86,19 +88,26 @@ def _reap(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _plain_job_forked(start_worker: Callable[..., WorkerProc], rabbit_url: str, redis_url: str, status_key: str,
+                      command: str, marker: str) -> tuple[WorkerProc, dict[str, Any], Path, list[int]]:
+    """A plain-mode worker running ``command``, once its job started and forked: (worker, job, job dir, forks)."""
+    w = start_worker(rabbit_url, SANDBOX_RUNNER_BACKEND="subprocess", SANDBOX_RUNNER_BWRAP="off")
+    job = make_job(command, image=None)
+    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[job], queue=w.queue,
+                                            task_id=job["task_id"])
+    started = wait_for(lambda: next((d for d in job_docs(redis_url, status_key, job["task_id"])
+                                     if d["status"] == "job-started"), None), 60, what="job-started")
+    jd = Path(started["job"]["job_info"]["job_dir"])
+    return w, job, jd, _forked(jd, marker)
+
+
 def test_a_sigkilled_worker_leaves_nothing_of_its_plain_job(start_worker, worker: Worker, rabbit_url: str,
                                                            redis_url: str, status_key: str,
                                                            shared_dir: Path) -> None:
     marker, script, flags = _setup(shared_dir)
-    w = start_worker(rabbit_url, SANDBOX_RUNNER_BACKEND="subprocess", SANDBOX_RUNNER_BWRAP="off")
-    job = make_job(f"{script} {marker} {flags}", image=None)
-    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[job], queue=w.queue,
-                                            task_id=job["task_id"])
     try:
-        started = wait_for(lambda: next((d for d in job_docs(redis_url, status_key, job["task_id"])
-                                         if d["status"] == "job-started"), None), 60, what="job-started")
-        jd = Path(started["job"]["job_info"]["job_dir"])
-        found = _forked(jd, marker)
+        w, job, jd, found = _plain_job_forked(start_worker, rabbit_url, redis_url, status_key,
+                                              f"{script} {marker} {flags}", marker)
         _killpg(w.pid)
         w.wait(timeout=30)
         # gone with the worker, before any restart: no reconcile needed for this
@@ -143,15 +152,9 @@ def test_a_restarted_worker_sweeps_the_session_a_killed_supervisor_left(start_wo
     """Worker and supervisor SIGKILLed together (an OOM kill, ``kill -9`` of both): what is left of the job, the
     daemon in another session too, is killed by the next worker's reconcile, and the job ends job-offline once."""
     marker, script, flags = _setup(shared_dir)
-    w = start_worker(rabbit_url, SANDBOX_RUNNER_BACKEND="subprocess", SANDBOX_RUNNER_BWRAP="off")
-    job = make_job(f"{script} {marker} {flags}", image=None)
-    client(rabbit_url, redis_url).send_task("hysds.job_worker.run_job", args=[job], queue=w.queue,
-                                            task_id=job["task_id"])
     try:
-        started = wait_for(lambda: next((d for d in job_docs(redis_url, status_key, job["task_id"])
-                                         if d["status"] == "job-started"), None), 60, what="job-started")
-        jd = Path(started["job"]["job_info"]["job_dir"])
-        _forked(jd, marker)
+        w, job, jd, _ = _plain_job_forked(start_worker, rabbit_url, redis_url, status_key,
+                                          f"{script} {marker} {flags}", marker)
         supervisor = int((jd / "_pid").read_text())
         os.kill(supervisor, signal.SIGSTOP)  # so it cannot act on the worker's death before it dies too
         _killpg(w.pid)
