@@ -119,6 +119,8 @@ class PodmanBackend:
         # the edges pass socket_url (Settings.podman_socket); the environment is only a fallback for scripts
         self.env = dict(os.environ if env is None else env)
         self.socket_url = default_socket_url(self.env, os.getuid(), socket_url)
+        #: the socket's path (None for a TCP URL): the create lock, the service's limits and owner record key on it
+        self.socket_file = socket_path(self.socket_url)
         self.api = PodmanAPI(self.socket_url)
         self.worker = worker
         self.start_service = start_service
@@ -138,7 +140,7 @@ class PodmanBackend:
         labels = dict(spec.labels)
         if self.worker:
             labels.setdefault(WORKER_LABEL, self.worker)
-        sock = socket_path(self.socket_url)
+        sock = self.socket_file
         if spec.engine_socket is not None and self.rootful:
             raise BackendError("the engine socket is given to jobs only by a rootless worker: this one runs rootful "
                                "podman, whose socket would make the job root on the host")
@@ -165,7 +167,7 @@ class PodmanBackend:
             log.warning("resource-limits-not-enforced", container=spec.name, reason="rootless podman on cgroups v1")
         if self.rootful:
             hand_workdir_to_job_user(spec.workdir, body)
-        sock = socket_path(self.socket_url)
+        sock = self.socket_file
         try:
             return self._run_attempts(body, spec, io)
         finally:
@@ -204,7 +206,7 @@ class PodmanBackend:
         creates fail with "keep-id requires additional UIDs or GIDs" or crash the whole API service (SIGSEGV in
         subid_get_uid_ranges, seen at concurrency 2). A create takes ~15 ms, so queueing them costs little.
         """
-        sock = socket_path(self.socket_url)
+        sock = self.socket_file
         with _CREATE_THREADS:
             if sock is None:
                 yield
@@ -226,7 +228,7 @@ class PodmanBackend:
         phases.setdefault("image_load", 0.0)
         while True:
             try:
-                sock = socket_path(self.socket_url)
+                sock = self.socket_file
                 if sock is not None and self.rootful:  # the service's limits, asked on each try: it may be new
                     body_now = fit_rootful_rlimits(body, service_rlimits(sock))
                 else:
@@ -264,7 +266,7 @@ class PodmanBackend:
         """A bind source that exists here but not in the service (mounted after it started, see
         :mod:`.podman_mountns`): restart a service we started and return its pid (0: someone else restarted it);
         BackendError naming the cause and the fix for one we did not. None: not this case."""
-        sock = socket_path(self.socket_url)
+        sock = self.socket_file
         missing = statfs_missing(message)
         if sock is None or missing is None or not os.path.exists(missing):
             return None
