@@ -55,7 +55,7 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
             metrics.write_textfile(textfile, accumulate=True)  # after close: the spool backlog as it is left
         except ConfigError as exc:  # the job has ended and its status is sent: say so, and still report it
             print(f"sandbox-runner: warning: {exc}", file=sys.stderr)
-    line = f"{outcome.status}: job {outcome.job_id}"
+    line = f"{outcome.status}: job {outcome.job_id or '(no job_id could be read)'}"
     if outcome.exit_code is not None:
         line += f" exit code {outcome.exit_code}"
     print(line)
