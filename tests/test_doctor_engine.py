@@ -62,7 +62,7 @@ def test_doctor_reports_an_image_without_the_command(own_podman: OwnPodman, shar
     made = pod.worker.run(["podman", "import", str(empty), "localhost/sr-test/noshell:1"], env=pod.env())
     assert made.returncode == 0, made.stderr  # in this test's own podman storage, not the shared one
     root = pod.mkdir(pod.base / "work")
-    pod.start_foreign_service()  # the doctor starts none
+    pod.start_foreign_service()
     proc = doctor_as(pod.worker, root, "--image", "localhost/sr-test/noshell:1", **pod.env())
     assert proc.returncode == 1, proc.stdout + proc.stderr
     row = lines(proc.stdout, "job container")[0]
@@ -70,15 +70,28 @@ def test_doctor_reports_an_image_without_the_command(own_podman: OwnPodman, shar
     assert "executable file not found" in row and "sh" in row, row
 
 
-def test_doctor_as_root_runs_the_container_in_rootful_podman(shared_dir: Path) -> None:
+@pytest.mark.parametrize("socket", ["default", "none answering"])
+def test_doctor_as_root_runs_the_container_in_rootful_podman(shared_dir: Path, socket: str) -> None:
+    """Root right after `make setup` (CI's case: no rootful service is up yet) and root with one running."""
     require(os.getuid() == 0, "runs as root")
     require(shutil.which("podman") is not None and BUSYBOX_TAR.exists(), "podman or the busybox tarball missing")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_RUNNER_")}
-    proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli", "doctor", "--work-root",
-                           str(shared_dir / "root-work"), "--image-url", f"file://{BUSYBOX_TAR}"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
-    row = lines(proc.stdout, "job container")[0]
-    assert row.startswith("ok ") and "/run/podman/podman.sock" in row and "owned by uid 0" in row, proc.stdout
+    sock = Path("/run/podman/podman.sock") if socket == "default" else Path(f"/run/podman/sr-doctor-{os.getpid()}.sock")
+    if socket != "default":
+        env["SANDBOX_RUNNER_PODMAN_SOCKET"] = f"unix://{sock}"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sandbox_runner.cli", "doctor", "--work-root",
+                               str(shared_dir / "root-work"), "--image-url", f"file://{BUSYBOX_TAR}"],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+        row = lines(proc.stdout, "job container")[0]
+        assert row.startswith("ok ") and str(sock) in row and "owned by uid 0" in row, proc.stdout + proc.stderr
+        if socket != "default":
+            assert "stopped it" in row and not sock.exists(), row
+    finally:
+        if socket != "default":
+            subprocess.run(["pkill", "-f", f"system service --time=0 unix://{sock}"], check=False)
+            for leftover in sock.parent.glob(f"{sock.name}.*"):
+                leftover.unlink(missing_ok=True)
 
 
 def test_doctor_names_a_work_root_the_service_cannot_see(own_podman: OwnPodman) -> None:
@@ -95,10 +108,16 @@ def test_doctor_names_a_work_root_the_service_cannot_see(own_podman: OwnPodman) 
         assert row.startswith("FAIL") and "mounted after the podman service" in row, row
 
 
-def test_doctor_starts_no_service_where_none_answers(podman_ready: Worker, work_root: Path) -> None:
-    sock = work_root / "silent.sock"
-    proc = doctor_as(podman_ready, work_root, SANDBOX_RUNNER_PODMAN_SOCKET=f"unix://{sock}")
-    row, fix = lines(proc.stdout, "job container")
-    assert row.startswith("warn") and "not run: no podman service answers" in row, proc.stdout
-    assert "system service" in fix
-    assert not sock.exists()  # a job would start one; the doctor leaves nothing running
+def test_doctor_starts_a_service_where_none_answers_and_stops_it(podman_ready: Worker, work_root: Path) -> None:
+    """As a job would: with no service at the socket, one is started there; the doctor then stops it again."""
+    sock = Path(f"/run/user/{podman_ready.uid}/podman/sr-doctor-{os.getpid()}.sock")  # the user's runtime dir
+    proc = doctor_as(podman_ready, work_root, "--image-url", f"file://{BUSYBOX_TAR}",
+                     SANDBOX_RUNNER_PODMAN_SOCKET=f"unix://{sock}")
+    try:
+        row = lines(proc.stdout, "job container")[0]
+        assert row.startswith("ok ") and str(sock) in row, proc.stdout + proc.stderr
+        assert "started the podman service" in row and "stopped it" in row, row
+        assert not sock.exists()  # nothing answers there any more: the doctor left the machine as it found it
+    finally:
+        podman_ready.run(["pkill", "-f", f"system service --time=0 unix://{sock}"])
+        podman_ready.run(["sh", "-c", f"rm -f {sock}.*"])

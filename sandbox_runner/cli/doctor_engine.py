@@ -10,8 +10,10 @@ reported in the engine's own words.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -25,6 +27,7 @@ from sandbox_runner.backends.podman.mountns import (
     hidden_paths,
     late_mount_cause,
     owned_service,
+    owner_record_path,
     peer_pid,
 )
 from sandbox_runner.backends.podman.service import default_socket_url
@@ -100,8 +103,10 @@ def check_job_container(settings: Settings) -> Check:
     what = f"a trivial container ({settings.doctor_image}) through {url}"
     t0 = time.monotonic()
     backend = default_backend_for(settings, spec)
-    if isinstance(backend, PodmanBackend):
-        backend.start_service = False  # a doctor leaves no service behind; "no service" is reported instead
+    # Where no service answers, a job starts one (same code, same socket); so does the doctor, or on a fresh
+    # machine (root right after `make setup`) it could only say "not run". It stops that service afterwards.
+    answering = isinstance(backend, PodmanBackend) and backend.api.ping(timeout=1.0)
+    note = ""
     try:
         result = backend.run(spec, io)
         if result.engine_error:
@@ -126,4 +131,29 @@ def check_job_container(settings: Settings) -> Check:
         return Check(name, False, f"{what}: {exc}")
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)
-    return Check(name, True, f"{what} ran, exit 0, its file owned by uid {owner} ({time.monotonic() - t0:.2f} s)")
+        if isinstance(backend, PodmanBackend) and not answering and backend.service_pid:
+            note = "; " + _stop_started_service(backend, backend.service_pid)
+    return Check(name, True, f"{what} ran, exit 0, its file owned by uid {owner} "
+                 f"({time.monotonic() - t0:.2f} s){note}")
+
+
+def _stop_started_service(backend: PodmanBackend, pid: int) -> str:
+    """Stop the service the doctor's container started, unless something else uses it by now (a worker that
+    started meanwhile and found it answering): a doctor leaves the machine as it found it."""
+    try:
+        running = backend.api.call("GET", "/containers/json", what="list running containers") or []
+    except SandboxRunnerError:
+        running = []
+    if running:
+        return (f"started the podman service (pid {pid}) for this check; left it running: "
+                f"{len(running)} container(s) use it")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)  # a clean exit: podman unlinks its socket
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and backend.api.ping(timeout=0.5):
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # it is this process's child: leave no zombie
+    if backend.socket_file is not None:
+        owner_record_path(backend.socket_file).unlink(missing_ok=True)
+    return f"started the podman service (pid {pid}) for this check and stopped it"
