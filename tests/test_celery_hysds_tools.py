@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from support.celery_helpers import client, containers, free_port, statuses, wait_for
 from support.jobs import make_job, read_status_list
 from support.machine import VENV_BIN, Worker
@@ -172,11 +173,16 @@ def test_worker_documents_have_process_events_shape(start_worker, rabbit_url: st
         online = _worker_docs(redis_url, status_key, w.name)[0]
         assert online["status"] == "worker-online"
         _same_shape(online, process_events_doc("worker-online", {**celery_beat, "type": "worker-online"}))
+        alive = redis.Redis.from_url(redis_url)
+        key = f"hysds-worker-status-{w.name}"  # process_events' key, which HySDS's redelivery check reads
+        assert alive.get(key) in (b"worker-online", b"worker-heartbeat")
+        assert 0 < alive.ttl(key) <= 61, alive.ttl(key)
         w.stop()
         celery_bye = wait_for(lambda: celery_event("worker-offline"), 20, what="Celery's own worker-offline")
         bye = _worker_docs(redis_url, status_key, w.name)[-1]
         assert bye["status"] == "worker-offline"
         _same_shape(bye, process_events_doc("worker-offline", celery_bye))
+        assert alive.exists(key) == 0  # deleted at worker-offline, as process_events does
     finally:
         events.close()
 
@@ -196,6 +202,7 @@ def test_worker_documents_off_sends_none(start_worker, rabbit_url: str, redis_ur
         events.close()
     docs = read_status_list(redis_url, status_key)
     assert [d for d in docs if d.get("resource") == "worker"] == []
+    assert redis.Redis.from_url(redis_url).exists(f"hysds-worker-status-{w.name}") == 0  # process_events' to keep
     assert statuses(redis_url, status_key, job["task_id"]) == ["job-started", "job-completed"]
 
 

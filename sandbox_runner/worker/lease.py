@@ -41,6 +41,9 @@ FENCE_PREFIX = "sandbox-runner-fence-"
 REVOKED_PREFIX = "hysds-revoked-task-"
 #: HySDS's run_job records which worker runs a task (log_task_worker); mozart's process_events reads it
 TASK_WORKER_PREFIX = "hysds-task-worker-"
+#: "this worker is alive": process_events keeps it from Celery's worker events (60 s, deleted at worker-offline);
+#: HySDS's own redelivery check reads it to tell a live worker's duplicate from a dead worker's job
+WORKER_STATUS_PREFIX = "hysds-worker-status-"
 
 # KEYS: lease, fence counter, HySDS's task-worker key; ARGV: worker, ttl ms, fence ttl s
 # -> {token, worker, beat} (token 0: held by another worker)
@@ -122,6 +125,18 @@ class LeaseGuard:
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+
+    def mark_worker(self, status: str, heartbeat_interval: float) -> None:
+        """Keep ``hysds-worker-status-<worker>`` as process_events does, for verdis and mozart tools beside us:
+        set to the event's type, for 60 s (or two beats, when beats are slower), deleted at worker-offline."""
+        key = f"{WORKER_STATUS_PREFIX}{self.worker}"
+        try:
+            if status == "worker-offline":
+                self.redis.delete(key)
+            else:
+                self.redis.set(key, status, ex=max(60, int(2 * heartbeat_interval) + 1))
+        except redis.RedisError as exc:  # the documents are spooled; the key only says "alive" and comes back
+            log.warning("worker-status-key-not-written", key=key, error=str(exc))
 
     def admit(self, task_id: str) -> Admission:
         try:

@@ -7,8 +7,9 @@ drained (a warm shutdown waits for running jobs).
 
 Worker events go through the one emitter onto Redis as the worker documents mozart's process_events writes
 (:func:`~sandbox_runner.events.documents.worker_event_doc`), with Celery's own fields (hostname, timestamp, freq,
-utcoffset, pid, clock, active, processed, loadavg, sw_ident, sw_ver, sw_sys); ``worker_documents=off`` leaves
-them to a process_events that already writes them from Celery's own worker events on the broker. Heartbeats
+utcoffset, pid, clock, active, processed, loadavg, sw_ident, sw_ver, sw_sys), and process_events'
+``hysds-worker-status-<worker>`` key is kept beside them; ``worker_documents=off`` leaves both to a
+process_events that already writes them from Celery's own worker events on the broker. Heartbeats
 come from a thread of their own, not the consumer's event loop: a broker outage must not make a tracker think the
 worker -- and with it its running jobs -- went offline. A consumer calls a worker offline after two missed beats.
 """
@@ -64,9 +65,11 @@ def celery_fields(kind: str, hostname: str, freq: float, service: WorkerService 
 
 class Heart(threading.Thread):
     def __init__(self, emitter: Emitter, hostname: str, interval: float, service: WorkerService,
-                 queues: list[str], *, clock: Callable[[], int] | None = None, enabled: bool = True) -> None:
+                 queues: list[str], *, clock: Callable[[], int] | None = None, enabled: bool = True,
+                 guard: LeaseGuard | None = None) -> None:
         super().__init__(name="worker-heartbeat", daemon=True)
         self.emitter, self.hostname, self.interval, self.service = emitter, hostname, interval, service
+        self.guard = guard  # keeps process_events' hysds-worker-status key along with the documents
         self.queues, self.clock = queues, clock
         #: off where mozart's process_events already turns Celery's own worker events into worker documents
         self.enabled = enabled
@@ -79,6 +82,8 @@ class Heart(threading.Thread):
         event = celery_fields(kind, self.hostname, self.interval, self.service, self.clock)
         event.update(queues=self.queues, **extra)
         self.emitter.worker_event(kind, event)
+        if self.guard is not None:
+            self.guard.mark_worker(kind, self.interval)
 
     def run(self) -> None:
         while self.enabled and not self.stopped.wait(self.interval):
@@ -189,7 +194,7 @@ def boot(base: Settings, w: Any) -> WorkerService:
     if _metrics is not None:
         _metrics.metrics.drain = service.drain
     _heart = Heart(emitter, name, settings.heartbeat_interval, service, queues, clock=w.app.clock.forward,
-                   enabled=settings.worker_documents == "on")
+                   enabled=settings.worker_documents == "on", guard=guard)
     _heart.send("worker-online", reconciled={"containers": done.containers, "offline": done.offline,
                                              "closed": done.closed})
     _heart.start()
