@@ -170,6 +170,7 @@ def test_rootful_needs_no_mapping() -> None:
     assert userns_and_user(None, None, 0, 0) == (None, None)
     assert userns_and_user(5, 6, 0, 0) == (None, "5:6")
     assert userns_and_user(5, None, 0, 0) == (None, "5")
+    assert userns_and_user(None, 6, 0, 0) == (None, "0:6")  # a gid alone: the worker's uid, not dropped
 
 
 def test_create_body_user_and_network() -> None:

@@ -7,23 +7,31 @@ itself asked for: its command env, and the engine command line equivalent to wha
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from sandbox_runner.backends.base import ContainerSpec
+from sandbox_runner.backends.podman.spec import user_option, userns_and_user
 
 
 def podman_argv(spec: ContainerSpec, socket_url: str | None = None) -> list[str]:
     argv = ["podman"]
     if socket_url:
         argv += ["--remote", "--url", socket_url]
-    argv += ["run", "--rm", "--init", "--userns=keep-id", f"--network={spec.network}", f"--name={spec.name}"]
-    if spec.uid is not None:
-        argv += ["--user", f"{spec.uid}:{spec.gid if spec.gid is not None else spec.uid}"]
+    argv += ["run", "--rm", "--init"]
+    # the user namespace and user the backend's create body gets (the same function decides both)
+    options, uid, gid, named = user_option(spec)
+    userns, user = userns_and_user(uid, gid, os.getuid(), os.getgid())
+    if userns is not None:
+        argv.append(f"--userns={userns['nsmode']}" + (f":{userns['value']}" if userns.get("value") else ""))
+    argv += [f"--network={spec.network}", f"--name={spec.name}"]
+    if named or user:
+        argv += ["--user", str(named or user)]
     for key, value in spec.labels.items():
         argv += ["--label", f"{key}={value}"]
     for key, value in spec.env.items():
         argv += ["--env", f"{key}={value}"]
-    for opt, value in spec.runtime_options.items():
+    for opt, value in options.items():
         if opt == "gpus":  # podman 4 has no --gpus: the CDI devices the backend asks for instead
             argv += [f"--device={name}" for name in _gpu_names(value)]
             continue

@@ -58,10 +58,13 @@ def userns_and_user(
     clean up). So the worker's ids are mapped *onto* the requested ones: ``keep-id:uid=U,gid=G`` (podman >= 4.3).
     keep-id cannot map onto 0 (runc fails), but the default rootless namespace already maps the worker to root,
     so uid 0 runs there. A gid of 0 with a non-zero uid keeps the worker's gid mapping: files are the worker's,
-    their group a subgid. Rootful (host uid 0) needs no mapping at all.
+    their group a subgid. Rootful (host uid 0) needs no mapping at all. A gid with no uid runs as the worker's
+    uid, rootless and rootful alike (podman has no group-only ``user``; dropping the gid ran the job as 0:0).
     """
     if host_uid == 0:
-        return None, (None if uid is None else f"{uid}:{gid}" if gid is not None else str(uid))
+        if uid is None:
+            return None, (None if gid is None else f"0:{gid}")
+        return None, f"{uid}:{gid}" if gid is not None else str(uid)
     if uid is None and gid is None:
         return {"nsmode": "keep-id"}, None
     u = host_uid if uid is None else uid
@@ -109,7 +112,7 @@ def build_create_body(
         for key, value in engine_socket_env(spec.engine_socket).items():
             env.setdefault(key, value)
     host_uid, host_gid = host_ids if host_ids is not None else (os.getuid(), os.getgid())
-    options, uid, gid, named = _user_option(spec)
+    options, uid, gid, named = user_option(spec)
     userns, user = userns_and_user(uid, gid, host_uid, host_gid)
     body: Body = {
         "image": spec.image,
@@ -182,7 +185,7 @@ def hand_workdir_to_job_user(workdir: str, body: Body) -> None:
         raise BackendError(f"could not give the job dir {workdir} to uid {head}: {exc.strerror}") from None
 
 
-def _user_option(spec: ContainerSpec) -> tuple[dict[str, Any], int | None, int | None, str | None]:
+def user_option(spec: ContainerSpec) -> tuple[dict[str, Any], int | None, int | None, str | None]:
     """A numeric ``user`` runtime option wins over spec.uid/gid and gets the same mapping; a named one is
     passed through as is (names cannot be mapped: such a job's files belong to a subuid)."""
     options = dict(spec.runtime_options)
