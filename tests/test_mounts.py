@@ -266,3 +266,39 @@ def test_property_resolved_paths_obey_policy(
         ancestors.append(posixpath.dirname(ancestors[-1]))
     assert not any(fnmatchcase(p, pat) for p in ancestors for pat in pol.deny)
     assert mount.container == JOB or mount.container.startswith(JOB + "/")
+
+
+def test_a_podman_service_socket_under_any_name_is_refused(tmp_path: Path) -> None:
+    """A second engine service of the worker's own user on a socket named anything (``engine.sock``): neither the
+    deny patterns nor the names see it; who listens on it does. An ordinary socket stays mountable."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from support.machine import require
+
+    require(shutil.which("podman") is not None, "podman missing")
+    other = tmp_path / "other"
+    other.mkdir()
+    sock = other / "engine.sock"
+    plain = tmp_path / "plain.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(plain))
+    listener.listen(4)
+    service = subprocess.Popen(["podman", "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists(), "the podman service did not come up"
+        lax = MountPolicy(allow=(str(tmp_path),), deny=())
+        message = refused({str(sock): "/var/run/docker.sock"}, lax, "is a container engine socket")
+        assert "served by podman" in message, message
+        refused({str(other): "/x"}, lax, "is a container engine socket")  # the dir holding it
+        assert resolve({str(plain): "/plain.sock"}, lax)[0].host == str(plain)  # a socket nobody's engine serves
+    finally:
+        service.terminate()
+        service.wait(timeout=20)
+        listener.close()

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import socket
+import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -33,6 +36,8 @@ ENGINE_SOCKET_PATTERNS: tuple[str, ...] = (
 )
 #: Engine sockets at non-standard places (a custom XDG_RUNTIME_DIR, a relocated service) are caught by name.
 ENGINE_SOCKET_NAMES = frozenset({"podman.sock", "docker.sock", "containerd.sock"})
+#: ... and, under any name, by who listens on them: these programs serve a container engine's API
+ENGINE_PROGRAMS = frozenset({"podman", "dockerd", "containerd", "docker-proxy"})
 #: Container targets that would shadow the kernel interfaces or the whole root.
 _FORBIDDEN_TARGETS = ("/proc", "/sys", "/dev")
 _MODES: tuple[MountMode, ...] = ("ro", "rw")
@@ -131,6 +136,9 @@ class MountPolicy:
                 raise MountPolicyError(f"host path {real}{via} is refused by deny pattern {pattern}")
         if posixpath.basename(real) in ENGINE_SOCKET_NAMES:
             raise MountPolicyError(f"host path {real}{via} looks like a container engine socket")
+        served = engine_served(real)
+        if served is not None:
+            raise MountPolicyError(f"host path {real}{via} is a container engine socket ({served})")
         if not any(_is_under(real, prefix) for prefix in self.allow):
             allowed = ", ".join(self.allow) or "nothing"
             raise MountPolicyError(f"host path {real}{via} is not under an allowed prefix ({allowed})")
@@ -234,3 +242,36 @@ def _container_path(label: str, container: str, job_dir: str) -> str:
     if target == "/" or target == job_dir or any(_is_under(target, p) for p in _FORBIDDEN_TARGETS):
         raise MountPolicyError(f"{label}: container path {target} may not be a mount target")
     return target
+
+
+def engine_served(path: str) -> str | None:
+    """Who serves the engine's API on ``path`` ("podman, pid N"), when it is such a socket or a dir directly holding
+    one; None otherwise. A second service of the worker's own user, on a socket named anything (the probe's
+    ``engine.sock``), would give the job that user's whole podman; the name and pattern checks cannot see it.
+    Only a dir's own entries are looked at: a deep walk of every mounted tree would cost more than it protects."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            return _engine_listener(path)
+        if not os.path.isdir(path):
+            return None
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    found = _engine_listener(entry.path)
+                    if found is not None:
+                        return f"{entry.path}: {found}"
+    except OSError:
+        return None
+    return None
+
+
+def _engine_listener(sock: str) -> str | None:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(1)
+            conn.connect(sock)
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        program = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, struct.error):
+        return None  # nobody listens, or not ours to look at: nothing that serves this user
+    return f"served by {program}, pid {pid}" if program in ENGINE_PROGRAMS else None
