@@ -28,12 +28,20 @@ def _damaged_job() -> dict[str, Any]:
     return job
 
 
+def _surrogate_job() -> dict[str, Any]:
+    """JSON's ``"\\udfff"`` decodes to a lone surrogate, which no document can carry: before, no status at all."""
+    job = make_job("echo never runs")
+    job["tag"] = "x\udfff"
+    return job
+
+
 BAD_ARGS: list[tuple[str, list[Any], dict[str, Any], str]] = [
     ("no-args", [], {}, "got nothing (null)"),
     ("a-list", [[1, 2]], {}, "not an array"),
     ("a-string", ["not a job"], {}, "not valid JSON"),
     ("a-json-list", ['["x"]'], {}, "not an array"),
     ("damaged", [_damaged_job()], {}, "job_info: expected object, got float"),
+    ("surrogate", [_surrogate_job()], {}, "tag: holds a lone UTF-16 surrogate"),
     ("extra-args", [make_job("echo extra args"), True, "surplus"], {"surplus": 1}, ""),
 ]
 #: bodies that are not Celery's [args, kwargs, embed]: before, each crashed the worker ("Unrecoverable error")
@@ -44,6 +52,11 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("body-object", {"x": 1}, "(got dict)"),
     ("body-number", 5, "(got int)"),
     ("body-args-number", [5, {}, {}], "args are not an array (got int)"),
+]
+#: bodies no serializer can read: Celery logged "Can't decode message body" and acked them, reporting nothing
+UNDECODABLE: list[tuple[str, bytes, str, str]] = [
+    ("bad-msgpack", b"\xc1\xc1", "application/x-msgpack", "cannot be decoded (application/x-msgpack)"),
+    ("bad-json", b"{not json", "application/json", "cannot be decoded (application/json)"),
 ]
 
 
@@ -56,12 +69,18 @@ def _send_all_and_check(broker: str, redis_url: str, status_key: str, queue: str
     sent: list[tuple[str, str]] = []
     for name, args, kwargs, says in BAD_ARGS:
         task_id = f"{name}-{uuid.uuid4()}"
-        app.send_task(TASK, args=args, kwargs=kwargs, queue=queue, task_id=task_id)
+        app.send_task(TASK, args=args, kwargs=kwargs, queue=queue, task_id=task_id,
+                      serializer="json" if name == "surrogate" else None)  # msgpack cannot even send it
         sent.append((task_id, says))
     with app.producer_or_acquire() as producer:
         for name, body, says in BAD_BODIES:
             task_id = f"{name}-{uuid.uuid4()}"
             producer.publish(body, routing_key=queue, serializer="json",
+                             headers={"task": TASK, "id": task_id, "lang": "py"})
+            sent.append((task_id, says))
+        for name, raw, content_type, says in UNDECODABLE:
+            task_id = f"{name}-{uuid.uuid4()}"
+            producer.publish(raw, routing_key=queue, content_type=content_type, content_encoding="binary",
                              headers={"task": TASK, "id": task_id, "lang": "py"})
             sent.append((task_id, says))
         producer.publish("no headers", routing_key=queue, serializer="json")  # not a task at all: an event
@@ -76,6 +95,9 @@ def _send_all_and_check(broker: str, redis_url: str, status_key: str, queue: str
         assert [d["status"] for d in docs] == ["job-failed"], task_id
         assert says in docs[0]["error"] and "Traceback" not in docs[0]["error"]
         assert docs[0]["uuid"] == task_id
+        state = wait_for(lambda t=task_id: app.AsyncResult(t).state != "PENDING" and app.AsyncResult(t).state,
+                         30, what=f"Celery state of {task_id}")
+        assert state == "FAILURE", (task_id, state)  # as Flower and mozart see a failed job
     time.sleep(3)  # a message not acked would come back (RabbitMQ at once; Redis after its visibility timeout)
     for task_id, _ in sent:
         assert len(_terminal(redis_url, status_key, task_id)) == 1, task_id

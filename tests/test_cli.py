@@ -107,3 +107,14 @@ def test_events_without_a_subcommand_says_the_usage_and_exits_2() -> None:
                           check=False, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("usage: sandbox-runner events show"), proc.stderr
+
+
+def test_run_job_prints_a_damaged_job_id_written_out(tmp_path: Path) -> None:
+    """A job id holding a NUL is refused, and the summary line shows it escaped, not as a raw byte."""
+    job = tmp_path / "nul.json"
+    job.write_text('{"job_id": "a\\u0000b", "type": "x", "task_id": "t", "params": {}, "job_info": {}}')
+    proc = subprocess.run([str(VENV_BIN / "sandbox-runner"), "run-job", str(job), "--backend", "fake",
+                           "--work-root", str(tmp_path / "w")], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    first = proc.stdout.splitlines()[0]
+    assert first == rb"job-failed: job a\x00b" and b"\x00" not in proc.stdout, proc.stdout

@@ -53,10 +53,12 @@ def _paths(value: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
+#: text includes lone surrogates (JSON's "\\ud800" escapes decode to them; hypothesis's text() leaves them out)
+_TEXT = st.one_of(st.text(max_size=8), st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2))
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                     st.text(max_size=8), st.just(1.5), st.just("/"), st.just(""))
+                     _TEXT, st.just(1.5), st.just("/"), st.just(""))
 JSON_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
+    st.lists(inner, max_size=3), st.dictionaries(_TEXT, inner, max_size=3)), max_leaves=6)
 
 
 @st.composite

@@ -392,6 +392,22 @@ def test_worker_config_from_command() -> None:
     assert resolve_command(entry, loaded) == ["/bin/echo", "hello world", "again"]
 
 
+@pytest.mark.parametrize(("value", "held"), [(100, "100"), (1.5, "1.5"), ("10MB", "10MB")])
+def test_a_numeric_disk_usage_is_bytes_not_an_error_about_the_config(value: object, held: str) -> None:
+    """The job model takes a number of bytes for params._disk_usage; the on-the-fly config used to refuse it,
+    naming configs[0].disk_usage, a field the job does not have."""
+    data = job()
+    data["params"]["_disk_usage"] = value
+    assert worker_config_from_command(load_job(data, "job.json")).for_type("hello_echo").disk_usage == held
+
+
+def test_a_job_specification_string_is_a_wrong_type_not_json_text() -> None:
+    data = job()
+    data["params"]["job_specification"] = "x"
+    with pytest.raises(JobFormatError, match=r"^job.json: params.job_specification: expected a JSON object, got"):
+        load_job(data, "job.json")
+
+
 @pytest.mark.parametrize(
     ("command", "problem"), [(None, "missing"), ("echo 'unbalanced", "cannot split"), ("  ", "empty")]
 )

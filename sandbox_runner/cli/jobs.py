@@ -55,7 +55,7 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
             metrics.write_textfile(textfile, accumulate=True)  # after close: the spool backlog as it is left
         except ConfigError as exc:  # the job has ended and its status is sent: say so, and still report it
             print(f"sandbox-runner: warning: {exc}", file=sys.stderr)
-    line = f"{outcome.status}: job {outcome.job_id or '(no job_id could be read)'}"
+    line = f"{outcome.status}: job {_printable(outcome.job_id) or '(no job_id could be read)'}"
     if outcome.exit_code is not None:
         line += f" exit code {outcome.exit_code}"
     print(line)
@@ -65,6 +65,13 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
     if outcome.error:
         print(f"  error:    {outcome.error.splitlines()[0] if outcome.error.strip() else outcome.error}")
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _printable(text: str | None) -> str | None:
+    """A job id as the terminal may show it: a damaged one (a NUL, an escape sequence) written out, as repr does."""
+    if text is None or text.isprintable():
+        return text
+    return repr(text)[1:-1]
 
 
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -24,5 +24,6 @@ class EventSink(Protocol):
 
 
 def pack(doc: dict[str, Any]) -> bytes:
-    """msgpack, as HySDS writes it; values msgpack cannot hold (paths, datetimes) go as their ``str``."""
-    return msgpack.packb(doc, default=str, use_bin_type=True)
+    """msgpack, as HySDS writes it; values msgpack cannot hold (paths, datetimes) go as their ``str``, and a lone
+    surrogate (no character, so not UTF-8) as its ``\\udXXX`` text: a document is never lost to one string."""
+    return msgpack.packb(doc, default=str, use_bin_type=True, unicode_errors="backslashreplace")

@@ -29,6 +29,7 @@ from sandbox_runner.job.steps.execute import PostProcess, PreProcess, RunCommand
 from sandbox_runner.job.steps.prepare import ResolveJob
 from sandbox_runner.job.steps.setup import AnnounceStart, BuildContainer, CreateWorkDir, refresh_context
 from sandbox_runner.metrics import phases
+from sandbox_runner.models._decode import lone_surrogate, without_surrogates
 from sandbox_runner.settings import Settings
 from sandbox_runner.workroot import WorkRoot
 
@@ -122,6 +123,11 @@ class JobRunner:
             job = decode_job(raw)
         except JobFormatError as exc:
             job, failure = {}, exc
+        bad = lone_surrogate(job)
+        if bad is not None:  # reported from a copy that can be written at all (see lone_surrogate)
+            job, failure = without_surrogates(job), JobFormatError(
+                "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is no character)", field=bad,
+                source="job")
         job.setdefault("task_id", str(uuid.uuid4()))  # stand-alone runs have no Celery task id
         ctx = JobContext(job=job, settings=self.settings, emitter=self.emitter)
         ctx.notes["t_begin"] = t_begin

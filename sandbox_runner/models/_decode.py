@@ -27,6 +27,8 @@ __all__ = [
     "decode_json",
     "field_error",
     "load_as",
+    "lone_surrogate",
+    "without_surrogates",
 ]
 
 RAW_NAME = "__raw__"
@@ -106,9 +108,10 @@ def _type_name(value: Any) -> str:
 def load_as(cls: type[D], data: Any, source: str | None, error: type[InputError], *, prefix: str = "") -> D:
     """Validate ``data`` (dict, or JSON bytes/str) as ``cls``; attach ``raw``/``source``; raise ``error``.
 
-    ``prefix`` is prepended to field paths, for documents nested in another (``params.job_specification``).
+    ``prefix`` is prepended to field paths, for documents nested in another (``params.job_specification``); a
+    nested document is a value of its parent, never JSON text to parse (a string there is a wrong type).
     """
-    if isinstance(data, bytes | bytearray | memoryview | str):
+    if isinstance(data, bytes | bytearray | memoryview | str) and not prefix:
         data = decode_json(bytes(data) if isinstance(data, memoryview) else data, source, error)
         owned = data
     else:
@@ -176,3 +179,56 @@ def _literal_choices(cls: type, path: str) -> list[str]:
     options = node.types if isinstance(node, mi.UnionType) else (node,)
     values = [v for o in options if isinstance(o, mi.LiteralType) for v in o.values]
     return [str(v) for v in values]
+
+
+def _bad_text(value: str) -> bool:
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def lone_surrogate(doc: Any) -> str | None:
+    """The path (``params.tag``, ``a[2].b``) of the first string, key or value, holding a lone UTF-16 surrogate, or
+    None. JSON lets ``"\\ud800"`` through and Python decodes it, but it is no character: nothing can encode it, so
+    every document carrying it -- the job's own terminal status first -- would fail to be written. Iterative: a
+    job nested too deeply for recursion is still walked."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _bad_text(value):
+                return path or "(the job)"
+        elif isinstance(value, dict):
+            items = list(value.items())
+            for key, item in reversed(items):
+                name = key if isinstance(key, str) else str(key)
+                here = f"{path}.{name}" if path else name
+                if isinstance(key, str) and _bad_text(key):
+                    return f"{path}.{key!r}" if path else repr(key)
+                stack.append((here, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def without_surrogates(doc: Any) -> Any:
+    """A copy of ``doc`` whose strings have each lone surrogate written out as ``\\udXXX`` text: what can still be
+    reported of a job that holds them."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.encode("utf-8", "backslashreplace").decode("utf-8") if _bad_text(value) else value
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    try:
+        return clean(doc)
+    except RecursionError:  # too deep to copy: keep what identifies the job
+        keep = ("job_id", "task_id") if isinstance(doc, dict) else ()
+        return {k: clean(doc[k]) for k in keep if isinstance(doc.get(k), str)}

@@ -162,7 +162,9 @@ def worker_config_from_command(
         "type": job.type,
         "command": {"path": argv[0], "options": [], "arguments": argv[1:], "env": []},
         "dependency_images": spec.raw.get("dependency_images", []) if spec else [],
-        "disk_usage": job.params.get("_disk_usage"),
+        # already checked as params._disk_usage; a number of bytes, which the job model takes, as the text the
+        # config's field holds (else the error would name configs[0].disk_usage, a field the job does not have)
+        "disk_usage": None if job.disk_usage is None else str(job.disk_usage),
     }
     data: dict[str, Any] = {"configs": [entry]}
     for key, value in (

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Task
 from celery.exceptions import InvalidTaskError
+from kombu.exceptions import DecodeError
 
 
 def body_problem(payload: Any) -> str | None:
@@ -40,7 +42,12 @@ class CheckedTask(Task):
         def checked(message: Any, body: Any, *args: Any, **kw: Any) -> Any:
             headers = getattr(message, "headers", None) or {}
             if isinstance(headers, dict) and "task" in headers:  # protocol 2 (protocol 1 bodies Celery converts)
-                problem = body_problem(message.payload if body is None else body)
+                try:
+                    payload = message.payload if body is None else body
+                except DecodeError as exc:  # Celery would only log it and ack: the job would vanish unreported
+                    content = getattr(message, "content_type", None) or "no content type"
+                    raise InvalidTaskError(f"the task message's body cannot be decoded ({content}): {exc}") from None
+                problem = body_problem(payload)
                 if problem is not None:
                     raise InvalidTaskError(problem)
             return handler(message, body, *args, **kw)
@@ -61,7 +68,21 @@ def report_rejected(sender: Any = None, message: Any = None, exc: BaseException 
     error = f"the task message is not a job, dropped: {reason}"
     if isinstance(task_id, str) and task_id:
         service.emitter.job_status({"task_id": task_id}, "job-failed", error=error)
+        _mark_failed(sender, task_id, error)
     else:
         delivery = getattr(message, "delivery_info", None) or {}
         service.emitter.event("worker_anomaly", "invalid_message", {
             "error": error, "routing_key": delivery.get("routing_key"), "task": headers.get("task")})
+
+
+
+def _mark_failed(consumer: Any, task_id: str, error: str) -> None:
+    """Celery's result for a rejected message stays PENDING (it never became a task): say FAILURE, as for every
+    other failed job, so Flower and a client's ``AsyncResult`` agree with the status document."""
+    backend = getattr(getattr(consumer, "app", None), "backend", None)
+    if backend is None or type(backend).__name__ == "DisabledBackend":
+        return
+    try:
+        backend.mark_as_failure(task_id, InvalidTaskError(error), call_errbacks=False)
+    except Exception as exc:  # the result store is a convenience; the status document was sent
+        structlog.get_logger("sandbox_runner.worker").warning("result-not-stored", task_id=task_id, error=str(exc))
