@@ -7,6 +7,7 @@ limited: a worker never refuses work because a scheduler was unreachable.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import time
 from collections.abc import Mapping
@@ -120,4 +121,6 @@ def job_time_limit(hard_limit: float | None, job: Mapping[str, Any]) -> float | 
     if hard_limit:
         return float(hard_limit)
     value = job_info_of(job).get("time_limit")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        return None  # no usable limit (NaN fails the comparison too): as the worker's own timers read it
+    return float(value)

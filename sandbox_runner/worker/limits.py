@@ -36,7 +36,8 @@ def _seconds(value: Any) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
-    return seconds if seconds > 0 else None
+    # no limit for 0, negatives, NaN, inf or beyond what a timer can wait (its thread died with OverflowError)
+    return seconds if 0 < seconds <= threading.TIMEOUT_MAX else None
 
 
 def limits_for(task: TaskInfo, job: dict[str, Any]) -> tuple[float | None, float | None]:
