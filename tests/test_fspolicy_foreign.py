@@ -299,3 +299,19 @@ def test_a_dry_run_predicts_the_skips_and_the_exit_status_of_the_real_run(
     assert dry == real
     assert real[0] == (0 if percent == 82 else 1)
     assert real[2] == [p.name for p in own][: 2 if percent == 82 else 3], real
+
+
+def test_a_purge_that_fails_part_way_reports_what_it_freed(fs: Path) -> None:
+    qdir = fs / "quarantine"
+    qdir.mkdir()
+    entry = qdir / entry_name(3 * MiB + 2 * PAGE, 3, "202501010000", "busy", time.time_ns())
+    entry.mkdir()
+    fill(entry / "data.bin", 3 * MiB)
+    (entry / "mnt").mkdir()
+    emitter, sink = capture_events("h")
+    with busy(entry / "mnt"):
+        # 20 MiB, 3 MiB used, 18 MiB must stay free: the entry's 3 MiB go, its mount point stays (EBUSY)
+        admit(fs, FsPolicy(space_percent=90), need_bytes=0, job_id="new", emitter=emitter).release()
+        purged = [d["event"] for d in sink.docs() if d.get("status") == "purged"]
+        assert len(purged) == 1 and "EBUSY" in purged[0]["error"], purged
+        assert 3 * MiB <= purged[0]["bytes_freed"] <= 3 * MiB + 2 * PAGE, purged[0]
