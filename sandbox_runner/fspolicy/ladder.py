@@ -3,7 +3,12 @@
 Rungs run in the policy's order (default: succeeded jobs, failed jobs past retention, quarantine purge, cache
 eviction) and stop as soon as the target holds. Moving a job dir into quarantine frees nothing by itself, so the
 job rungs stop once the quarantine holds enough to cover the shortfall; the purge rung then deletes oldest first,
-re-reading ``statvfs`` after each entry, and stops when the disk says the target holds.
+re-reading ``statvfs`` after each entry, and stops when the disk says the target holds. An entry whose purge fails
+(EACCES inside it, a mount in it) covers nothing: the rungs run again without counting it.
+
+On shared scratch some dirs are not ours to touch: a time dir it cannot list, a job dir whose lock it cannot probe
+or that it cannot move (another user's, a mount point). Each is reported once as ``skipped`` with its errno, and
+the ladder goes on; a dry run predicts the moves the kernel would refuse, so it skips what the real run would.
 
 Never touched: a dir whose lock a live process holds (running, or in close-up), the dirs in ``protect`` (the
 current job), anything reached through a symlink, anything outside ``<root>/jobs``, ``<root>/quarantine`` and the
