@@ -14,16 +14,21 @@ from sandbox_runner.settings import Settings
 from sandbox_runner.units import format_size
 
 _DONE = {"quarantine": "quarantined", "purge": "purged", "evict": "evicted", "skip": "skipped"}
+#: what a skip could not do, by its reason (a job dir's state otherwise: it could not be moved)
+_CANNOT = {"unlistable": "cannot list the job dirs under it", "unknown": "cannot check whether its job runs"}
 
 
 def _line(action: Action, dry_run: bool) -> str:
     verb = f"would {action.kind}" if dry_run else _DONE[action.kind]
     if action.kind == "skip":  # not ours to move: say whose problem it is, and go on
-        return f"{verb:<16} {action.path}  ({action.reason}; cannot quarantine: {action.error})"
+        return f"{verb:<16} {action.path}  ({action.reason}; {_CANNOT.get(action.reason, 'cannot quarantine')}: " \
+               f"{action.error})"
     # a quarantined dir frees its bytes when the quarantine is purged; say so rather than claim them twice
     frees = "frees on purge" if action.kind == "quarantine" else "frees"
     text = f"{verb:<16} {action.path}  ({action.reason}; {frees} {format_size(action.bytes)}"
     text += f", {action.inodes} inodes)" if action.inodes else ")"
+    if action.error and action.freed:  # a purge that failed part-way: say what it did give back
+        return text + f"  FAILED after freeing {format_size(action.freed)}: {action.error}"
     return text + (f"  FAILED: {action.error}" if action.error else "")
 
 

@@ -8,6 +8,9 @@ A job is *running* while a live process holds the ``flock`` on its marker file; 
 killed worker leaves ``.running`` behind). The lock is probed on ``.done`` too: ``WorkDir.mark_done`` renames the
 locked ``.running`` to ``.done`` and rewrites it before letting go, so a held ``.done`` means close-up is still
 writing into the dir.
+
+On shared scratch some dirs belong to someone else: a level the worker cannot list, or a job dir whose markers it
+cannot open, is neither entered nor judged; the walk and :func:`classify` say so, and the scrubber reports it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sandbox_runner.job.workdir import DONE, RUNNING
@@ -54,8 +57,16 @@ class JobDir:
         return "".join(self.path.split(os.sep)[-6:-1])
 
 
-def _real_dirs(path: str, digits: int | None) -> list[str]:
-    """Sorted names of the real (non-symlink) subdirectories of ``path``; time levels keep only well-formed names."""
+#: told of a dir that exists but cannot be listed (another user's, mode 700): the walk goes on without it
+OnError = Callable[[str, OSError], None]
+
+
+def _real_dirs(path: str, digits: int | None, on_error: OnError | None = None) -> list[str]:
+    """Sorted names of the real (non-symlink) subdirectories of ``path``; time levels keep only well-formed names.
+
+    A dir that cannot be listed (EACCES, EPERM, EIO, ...) yields nothing and is passed to ``on_error``: on shared
+    scratch one unreadable dir must not stop the walk over everything else.
+    """
     names: list[str] = []
     try:
         with os.scandir(path) as it:
@@ -68,20 +79,26 @@ def _real_dirs(path: str, digits: int | None) -> list[str]:
                 except OSError:
                     continue
     except (FileNotFoundError, NotADirectoryError):
+        return []  # gone meanwhile (another scrubber): nothing to say
+    except OSError as exc:
+        if on_error is not None:
+            on_error(path, exc)
         return []
     names.sort()
     return names
 
 
-def iter_job_paths(jobs_root: str) -> Iterator[str]:
-    """Every job dir path, oldest start minute first (job id order within a minute)."""
+def iter_job_paths(jobs_root: str, on_error: OnError | None = None) -> Iterator[str]:
+    """Every job dir path, oldest start minute first (job id order within a minute).
+
+    Dirs it cannot list are left out and passed to ``on_error`` (the subtree under them is not walked)."""
 
     def walk(path: str, depth: int) -> Iterator[str]:
         if depth == len(_TIME_LEVELS):
-            for name in _real_dirs(path, None):
+            for name in _real_dirs(path, None, on_error):
                 yield os.path.join(path, name)
             return
-        for name in _real_dirs(path, _TIME_LEVELS[depth]):
+        for name in _real_dirs(path, _TIME_LEVELS[depth], on_error):
             yield from walk(os.path.join(path, name), depth + 1)
 
     if not os.path.isdir(jobs_root) or os.path.islink(jobs_root):
@@ -89,15 +106,21 @@ def iter_job_paths(jobs_root: str) -> Iterator[str]:
     yield from walk(jobs_root, 0)
 
 
-def lock_held(marker: str) -> bool | None:
-    """True when a live process holds the marker's flock, False when nobody does, None when there is no marker."""
+def probe_lock(marker: str) -> bool | None:
+    """True when a live process holds the marker's flock, False when nobody does, None when there is no marker.
+
+    Raises :class:`PermissionError` when the marker cannot be opened to probe (another user's dir or file): the
+    caller decides whether that counts as held or must be reported.
+    """
     try:
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise
     except OSError as exc:
-        # a symlinked or unreadable marker is not one we wrote: treat the job as alive, the safe side
-        return True if exc.errno in (errno.ELOOP, errno.EACCES, errno.EPERM) else None
+        # a symlinked marker is not one we wrote: treat the job as alive, the safe side
+        return True if exc.errno == errno.ELOOP else None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -105,6 +128,14 @@ def lock_held(marker: str) -> bool | None:
     finally:
         os.close(fd)  # closing drops the probe's own lock at once
     return False
+
+
+def lock_held(marker: str) -> bool | None:
+    """:func:`probe_lock`, with an unreadable marker taken as held: the safe side for a caller that only asks."""
+    try:
+        return probe_lock(marker)
+    except PermissionError:
+        return True
 
 
 def last_activity(path: str) -> float:
@@ -139,12 +170,14 @@ def _exit_code(path: str) -> int | None:
 
 
 def classify(path: str) -> JobDir:
-    running = lock_held(os.path.join(path, RUNNING))
+    """The job dir's state. Raises :class:`PermissionError` when its lock cannot be probed (another user's dir,
+    mode 700): such a dir is never touched, and the scrubber reports it rather than calling it running."""
+    running = probe_lock(os.path.join(path, RUNNING))
     if running:
         return JobDir(path, State.RUNNING, 0.0)
     if running is None:
         done = os.path.join(path, DONE)
-        held = lock_held(done)
+        held = probe_lock(done)
         if held:
             return JobDir(path, State.RUNNING, 0.0)
         if held is False:

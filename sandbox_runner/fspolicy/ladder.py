@@ -3,7 +3,12 @@
 Rungs run in the policy's order (default: succeeded jobs, failed jobs past retention, quarantine purge, cache
 eviction) and stop as soon as the target holds. Moving a job dir into quarantine frees nothing by itself, so the
 job rungs stop once the quarantine holds enough to cover the shortfall; the purge rung then deletes oldest first,
-re-reading ``statvfs`` after each entry, and stops when the disk says the target holds.
+re-reading ``statvfs`` after each entry, and stops when the disk says the target holds. An entry whose purge fails
+(EACCES inside it, a mount in it) covers nothing: the rungs run again without counting it.
+
+On shared scratch some dirs are not ours to touch: a time dir it cannot list, a job dir whose lock it cannot probe
+or that it cannot move (another user's, a mount point). Each is reported once as ``skipped`` with its errno, and
+the ladder goes on; a dry run predicts the moves the kernel would refuse, so it skips what the real run would.
 
 Never touched: a dir whose lock a live process holds (running, or in close-up), the dirs in ``protect`` (the
 current job), anything reached through a symlink, anything outside ``<root>/jobs``, ``<root>/quarantine`` and the
@@ -65,6 +70,11 @@ class Scrubber:
         self._simulated = 0, 0
         self._q_cursor: str | None = None
         self._c_cursor: tuple[float, str] | None = None
+        # dirs already reported as skipped (every rung walks jobs/ again: say it once per scrub), and the
+        # quarantine entries whose purge failed in this scrub (their bytes are not coming back: never count them)
+        self._skipped: set[str] = set()
+        self._unpurged: set[str] = set()
+        self._mounts: frozenset[str] | None = None
 
     # -- measuring ---------------------------------------------------------------------------------------------
     def space(self) -> Space:
@@ -81,30 +91,43 @@ class Scrubber:
     def ladder(self, want_bytes: int, want_inodes: int) -> bool:
         """Scrub until ``want_bytes`` and ``want_inodes`` are free. True when they are."""
         qdir = q.ensure_dir(self.root) if not self.dry_run else os.fspath(self.layout.quarantine)
+        # a round's job rungs stop when the quarantine covers the shortfall; if a purge then fails (EACCES inside
+        # an entry, a mount in it) that cover was not there: go round again, counting without the failed entries
+        while self._round(qdir, want_bytes, want_inodes):
+            pass
+        self.report.short = self.shortfall(want_bytes, want_inodes)
+        return self.report.short == (0, 0)
+
+    def _round(self, qdir: str | None, want_bytes: int, want_inodes: int) -> bool:
+        """The rungs once, in the policy's order. True when another round may get further."""
         pending: list[int] | None = None
+        failed_before, deferred = len(self._unpurged), False
+
+        def enough(p: list[int]) -> bool:
+            sb, si = self.shortfall(want_bytes, want_inodes)
+            return p[0] >= sb and p[1] >= si
+
         for rung in self.policy.order:
             if self.shortfall(want_bytes, want_inodes) == (0, 0):
                 break
             if rung in JOB_RUNGS:
                 if pending is None:
-                    pending = list(q.totals(qdir, measure, self._q_cursor)) if qdir else [0, 0]
-
-                def enough(p: list[int]) -> bool:
-                    sb, si = self.shortfall(want_bytes, want_inodes)
-                    return p[0] >= sb and p[1] >= si
-
+                    pending = list(q.totals(qdir, measure, self._q_cursor, skip=self._unpurged)) if qdir else [0, 0]
                 if enough(pending):
+                    deferred = True
                     continue
                 for job in self.candidates(rung):
                     size, inodes = self.quarantine(job, qdir)
                     pending[0], pending[1] = pending[0] + size, pending[1] + inodes
                     if enough(pending):
+                        deferred = True
                         break
             elif rung == "quarantine" and qdir:
                 for entry in q.oldest_first(qdir, measure, after=self._q_cursor):
                     if self.shortfall(want_bytes, want_inodes) == (0, 0):
                         break
-                    self._purge(entry, "quarantine")
+                    if entry.name not in self._unpurged:  # failed once in this scrub: it would fail again
+                        self._purge(entry, "quarantine")
                 if self.dry_run and pending and pending != [0, 0] and \
                         self.shortfall(want_bytes, want_inodes) != (0, 0):
                     # the dirs this dry run "quarantined" are not really there to list: purge them as one lot
@@ -116,16 +139,20 @@ class Scrubber:
                     if self.shortfall(want_bytes, want_inodes) == (0, 0):
                         break
                     self.evict(key, used, "cache")
-        self.report.short = self.shortfall(want_bytes, want_inodes)
-        return self.report.short == (0, 0)
+        short = self.shortfall(want_bytes, want_inodes) != (0, 0)
+        return short and deferred and len(self._unpurged) > failed_before
 
     def candidates(self, rung: str) -> Iterator[JobDir]:
         """Job dirs this rung may quarantine, oldest first; reports crashed jobs it passes on the way."""
         now, pol = self.clock(), self.policy
-        for path in iter_job_paths(os.fspath(self.layout.jobs)):
+        for path in iter_job_paths(os.fspath(self.layout.jobs), self._unlistable):
             if path in self.protect:
                 continue
-            job = classify(path)
+            try:
+                job = classify(path)
+            except PermissionError as exc:  # another user's private dir: not touched, but not silently either
+                self._skip(path, "unknown", exc)
+                continue
             age = now - job.since
             if job.state is State.CRASHED and age >= pol.crashed_grace:
                 self.report_crashed(job)
@@ -147,6 +174,10 @@ class Scrubber:
         size, inodes = measure(job.path)
         reason = job.state.value
         if self.dry_run:
+            refusal = q.move_refusal(job.path, qdir, self._mount_points())
+            if refusal is not None:  # what the real rename would say: the real run skips it, so does this one
+                self._skip(job.path, reason, refusal, size, inodes, job.job_id)
+                return 0, 0
             self._act(Action("quarantine", job.path, size, inodes, reason), job.job_id)
             return size, inodes
         name = q.entry_name(size, inodes, job.stamp, job.job_id)
@@ -154,7 +185,7 @@ class Scrubber:
             dest = q.move_in(qdir, job.path, name) if qdir else None
         except OSError as exc:
             # another user's dir (EACCES/EPERM), a mount point (EBUSY): not ours to move; the next one may be
-            self._act(Action("skip", job.path, size, inodes, reason, describe_error(exc)), job.job_id)
+            self._skip(job.path, reason, exc, size, inodes, job.job_id)
             return 0, 0
         if dest is not None:
             self._act(Action("quarantine", dest, size, inodes, reason), job.job_id, origin=job.path)
@@ -209,15 +240,40 @@ class Scrubber:
         self._act(Action("evict", key, freed, 0, reason, error or (None if freed else "in use or already gone")))
         return freed
 
+    def _unlistable(self, path: str, exc: OSError) -> None:
+        self._skip(path, "unlistable", exc)
+
+    def _skip(self, path: str, reason: str, exc: OSError, size: int = 0, inodes: int = 0,
+              job_id: str | None = None) -> None:
+        """Report a dir the scrub may not touch (once per scrub); the ladder goes on to the next candidate."""
+        if path in self._skipped:
+            return
+        self._skipped.add(path)
+        self._act(Action("skip", path, size, inodes, reason, describe_error(exc)), job_id)
+
+    def _mount_points(self) -> frozenset[str]:
+        """Mount points under the root (read once per scrub): renaming one fails with EBUSY."""
+        if self._mounts is None:
+            self._mounts = q.mount_points(self.root)
+        return self._mounts
+
     def _purge(self, entry: q.Entry, reason: str) -> None:
         if self.dry_run:
             self._q_cursor = entry.name if reason in ("ttl", "quarantine") else self._q_cursor
             self._simulate_purge([entry.bytes, entry.inodes])
             self._act(Action("purge", entry.path, entry.bytes, entry.inodes, reason), entry.job_id)
             return
+        before = Space.of(self.root).free
         err = q.purge(entry.path)
+        freed = None
+        if err is not None:
+            self._unpurged.add(entry.name)
+            # most of it may have gone before the error. Claim no more than the entry less what is left of it
+            # (blind to what this user cannot read), nor more than the disk gained (blind to a mount inside)
+            left = measure(entry.path)[0]
+            freed = max(0, min(entry.bytes - left, Space.of(self.root).free - before))
         self._act(Action("purge", entry.path, entry.bytes, entry.inodes, reason,
-                         describe_error(err) if err else None), entry.job_id)
+                         describe_error(err) if err else None, freed), entry.job_id)
 
     def _simulate_purge(self, amount: list[int]) -> None:
         self._simulated = self._simulated[0] + amount[0], self._simulated[1] + amount[1]
@@ -233,7 +289,7 @@ class Scrubber:
         doc: dict[str, Any] = {
             "root": self.root, "path": action.path, "reason": action.reason, "bytes": action.bytes,
             "inodes": action.inodes,
-            "bytes_freed": 0 if action.kind in ("quarantine", "skip") or action.error else action.bytes,
+            "bytes_freed": action.given_back,
             **extra}
         if job_id is not None:
             doc["job_id"] = job_id

@@ -15,11 +15,12 @@ from __future__ import annotations
 import errno
 import heapq
 import os
+import re
 import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +83,14 @@ def oldest_first(qdir: str, measure: Callable[[str], tuple[int, int]], batch: in
             return
 
 
-def totals(qdir: str, measure: Callable[[str], tuple[int, int]], after: str | None = None) -> tuple[int, int]:
-    """(bytes, inodes) that purging the whole quarantine would give back, streamed."""
+def totals(qdir: str, measure: Callable[[str], tuple[int, int]], after: str | None = None,
+           skip: Container[str] = ()) -> tuple[int, int]:
+    """(bytes, inodes) that purging the whole quarantine would give back, streamed; entries in ``skip`` (whose
+    purge already failed) give nothing back and are not counted."""
     size = inodes = 0
     for name in _names(qdir, after):
+        if name in skip:
+            continue
         e = _entry(qdir, name, measure)
         size, inodes = size + e.bytes, inodes + e.inodes
     return size, inodes
@@ -122,6 +127,61 @@ def move_in(qdir: str, job_path: str, name: str) -> str | None:
     return dest
 
 
+def _refused(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+def move_refusal(job_path: str, qdir: str | None, mounts: Container[str]) -> OSError | None:
+    """The error :func:`move_in` would meet moving ``job_path`` (a dry run's prediction), or None.
+
+    The kernel's checks for renaming a dir into another dir, in its order: the parent must be writable and
+    searchable, and if sticky, the dir or the parent must be ours; the dir itself must be writable (its ``..``
+    changes); it must not be a mount point. Root passes the permission checks. None also when the move could
+    not be atomic: the real run then purges in place, which this does not try to predict.
+    """
+    try:
+        st, parent = os.lstat(job_path), os.lstat(os.path.dirname(job_path))
+    except OSError as exc:
+        return None if isinstance(exc, FileNotFoundError) else exc
+    if os.geteuid() == 0:
+        return _refused(errno.EBUSY, job_path) if job_path in mounts else None
+    if not os.access(os.path.dirname(job_path), os.W_OK | os.X_OK) or \
+            (qdir is not None and os.path.isdir(qdir) and not os.access(qdir, os.W_OK | os.X_OK)):
+        return _refused(errno.EACCES, job_path)
+    if parent.st_mode & stat.S_ISVTX and os.geteuid() not in (st.st_uid, parent.st_uid):
+        return _refused(errno.EPERM, job_path)
+    if not os.access(job_path, os.W_OK):
+        return _refused(errno.EACCES, job_path)
+    # the kernel checks permissions first and only then whether the dir is a mount point
+    return _refused(errno.EBUSY, job_path) if job_path in mounts else None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come octal-escaped (``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points(under: str) -> frozenset[str]:
+    """Mount points at or below ``under`` in this process's mount namespace (``/proc/self/mountinfo``).
+
+    Bind mounts from the same filesystem share its ``st_dev``, so comparing devices with the parent would miss
+    them; the mount table does not. Empty when it cannot be read (no /proc): then a dry run predicts no EBUSY.
+    """
+    prefix = under.rstrip(os.sep) + os.sep
+    found: set[str] = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4:
+                    point = _unescape(fields[4])
+                    if point.startswith(prefix):
+                        found.add(point)
+    except OSError:
+        return frozenset()
+    return frozenset(found)
+
+
 def purge(path: str) -> OSError | None:
     """Delete a dir without following symlinks (``shutil.rmtree`` walks by file descriptor on Linux).
 
@@ -134,6 +194,9 @@ def purge(path: str) -> OSError | None:
         if isinstance(exc, FileNotFoundError):
             return
         if isinstance(exc, OSError) and not errors:
+            # rmtree walks by fd and names the file relative to its dir: say which file, in full
+            if isinstance(p, str) and exc.filename is not None and not os.path.isabs(os.fsdecode(exc.filename)):
+                exc = type(exc)(exc.errno, exc.strerror, p)
             errors.append(exc)
 
     try:

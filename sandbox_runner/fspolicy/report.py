@@ -25,8 +25,21 @@ class Action:
     path: str
     bytes: int
     inodes: int
-    reason: str  # succeeded | failed | crashed | quarantine | ttl | cache | cache-cap
+    #: succeeded | failed | crashed | quarantine | ttl | cache | cache-cap; for a skip also unlistable (a dir it
+    #: cannot list, so the job dirs under it are not seen) and unknown (a job dir whose lock it cannot probe)
+    reason: str
     error: str | None = None
+    #: bytes a failed purge gave back before its error (most of a tree may go before one file refuses)
+    freed: int | None = None
+
+    @property
+    def given_back(self) -> int:
+        """Bytes this action really freed: none for a move or a skip, all for a clean purge or eviction."""
+        if self.kind in ("quarantine", "skip"):
+            return 0
+        if self.error:
+            return self.freed or 0
+        return self.bytes
 
 
 @dataclass
@@ -39,7 +52,9 @@ class Report:
 
     def add(self, action: Action) -> None:
         self.counts[action.kind] = self.counts.get(action.kind, 0) + 1
-        self.bytes[action.kind] = self.bytes.get(action.kind, 0) + (0 if action.error else action.bytes)
+        # a quarantine's bytes are what it moved (freed on purge); every other kind counts what it gave back
+        given = action.bytes if action.kind == "quarantine" else action.given_back
+        self.bytes[action.kind] = self.bytes.get(action.kind, 0) + given
         # a skip is a dir it may not touch, not a failure: the threshold decides whether the scrub did its job
         self.errors += action.error is not None and action.kind != "skip"
 
