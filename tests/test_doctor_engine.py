@@ -111,6 +111,12 @@ def test_doctor_names_a_work_root_the_service_cannot_see(own_podman: OwnPodman) 
 def test_doctor_starts_a_service_where_none_answers_and_stops_it(podman_ready: Worker, work_root: Path) -> None:
     """As a job would: with no service at the socket, one is started there; the doctor then stops it again."""
     sock = Path(f"/run/user/{podman_ready.uid}/podman/sr-doctor-{os.getpid()}.sock")  # the user's runtime dir
+    # another container of the user runs meanwhile (every service of the user lists it): not a reason to keep
+    # the doctor's service, which nobody else talks to
+    other = f"sr-doctor-other-{os.getpid()}"
+    started = podman_ready.run(["podman", "--runtime", "runc", "run", "-d", "--rm", "--network", "none",
+                                "--name", other, "localhost/sandbox-runner/busybox:latest", "sleep", "120"])
+    assert started.returncode == 0, started.stderr
     proc = doctor_as(podman_ready, work_root, "--image-url", f"file://{BUSYBOX_TAR}",
                      SANDBOX_RUNNER_PODMAN_SOCKET=f"unix://{sock}")
     try:
@@ -121,3 +127,4 @@ def test_doctor_starts_a_service_where_none_answers_and_stops_it(podman_ready: W
     finally:
         podman_ready.run(["pkill", "-f", f"system service --time=0 unix://{sock}"])
         podman_ready.run(["sh", "-c", f"rm -f {sock}.*"])
+        podman_ready.run(["podman", "--runtime", "runc", "rm", "-f", "-t", "0", other])

@@ -52,7 +52,8 @@ def test_a_pilot_runs_a_hysds_job_and_scancel_drains_it(podman_ready: Worker, ru
         SANDBOX_RUNNER_WORK_ROOT=str(work_root), SANDBOX_RUNNER_REDIS_URL=redis_url,
         SANDBOX_RUNNER_STATUS_KEY=status_key, SANDBOX_RUNNER_JOB_INFO_KEY=status_key,
         SANDBOX_RUNNER_BROKER_URL=rabbit_url, SANDBOX_RUNNER_RESULT_BACKEND=redis_url,
-        SANDBOX_RUNNER_HEARTBEAT_INTERVAL="1", SANDBOX_RUNNER_MIN_FREE_PERCENT="0")
+        SANDBOX_RUNNER_HEARTBEAT_INTERVAL="1", SANDBOX_RUNNER_MIN_FREE_PERCENT="0",
+        SBATCH_EXPORT="NONE")  # as some centres set it: the settings must reach the workers all the same
     proc = podman_ready.run(["sandbox-runner", "slurm", "submit", "-Q", queue, "-t", "10", "--grace", "30",
                              "--log-dir", str(run_dir)], env=env)
     assert proc.returncode == 0, proc.stderr
@@ -81,11 +82,34 @@ def test_a_pilot_runs_a_hysds_job_and_scancel_drains_it(podman_ready: Worker, ru
                  if d["status"] in TERMINAL_STATUSES]
         assert final == ["job-completed"], log.read_text()
         text = log.read_text()
-        assert "draining" in text and "workers stopped" in text, text
+        assert "draining" in text and "workers stopped (exit 0)" in text, text
         assert containers(podman_ready, f"sandbox_runner.worker={name}") == []
         assert not list((work_root).glob("**/.running*")), list(work_root.glob("**/.running*"))
     finally:
         subprocess.run(["scancel", slurm_id], check=False)
+
+
+def test_a_pilot_whose_workers_cannot_start_ends_failed_not_completed(worker: Worker, run_dir: Path) -> None:
+    """Its worker cannot start (its metrics port is taken): Slurm must record that (it said COMPLETED 0:0)."""
+    slurm_up()
+    queue = f"srq-{uuid.uuid4().hex[:8]}"
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    env = worker.env(SANDBOX_RUNNER_METRICS_PORT=str(taken.getsockname()[1]))
+    proc = worker.run(["sandbox-runner", "slurm", "submit", "-Q", queue, "-t", "2", "--grace", "30",
+                       "--log-dir", str(run_dir)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    slurm_id = proc.stdout.strip()
+    try:
+        wait_for(lambda: squeue_state(slurm_id) == "", 90, interval=0.5, what="the pilot to end")
+        shown = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True, check=False)
+        log = (run_dir / f"sr-pilot-{queue}-{slurm_id}.out").read_text()
+        assert "JobState=FAILED" in shown.stdout and "ExitCode=0:0" not in shown.stdout, shown.stdout + log
+        assert "workers stopped (exit 0)" not in log and "Address already in use" in log, log
+    finally:
+        subprocess.run(["scancel", slurm_id], check=False)
+        taken.close()
 
 
 def pilot_env(user: Worker, work_root: Path, redis_url: str, status_key: str, rabbit_url: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from sandbox_runner.backends.podman.api import ServiceUnreachable, socket_path
 from sandbox_runner.backends.podman.backend import PodmanBackend
 from sandbox_runner.backends.podman.mountns import (
     LATE_MOUNT_FIX,
+    connections,
     hidden_paths,
     late_mount_cause,
     owned_service,
@@ -138,15 +139,14 @@ def check_job_container(settings: Settings) -> Check:
 
 
 def _stop_started_service(backend: PodmanBackend, pid: int) -> str:
-    """Stop the service the doctor's container started, unless something else uses it by now (a worker that
-    started meanwhile and found it answering): a doctor leaves the machine as it found it."""
-    try:
-        running = backend.api.call("GET", "/containers/json", what="list running containers") or []
-    except SandboxRunnerError:
-        running = []
-    if running:
-        return (f"started the podman service (pid {pid}) for this check; left it running: "
-                f"{len(running)} container(s) use it")
+    """Stop the service the doctor's container started, unless something else talks to it by now (a worker that
+    started meanwhile and found it answering): a doctor leaves the machine as it found it. Connections, not
+    containers, tell: every service of a user lists that user's containers, whoever started them."""
+    sock = backend.socket_file
+    listener = (peer_pid(sock) if sock else None) or pid
+    busy = connections(listener, sock) if sock else None
+    if busy:
+        return f"started the podman service (pid {pid}) for this check; left it running: {busy} connection(s) to it"
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)  # a clean exit: podman unlinks its socket
     deadline = time.monotonic() + 10.0

@@ -82,11 +82,11 @@ class PBS:
             "timer=$!",
             f'trap \'echo "pilot ${{id}}: draining"; {drain} --pilot "${{id}}"\' TERM',
             'wait "$step"',
-            "rc=$?",
-            'while kill -0 "$step" 2>/dev/null; do wait "$step"; rc=$?; done',
+            'while kill -0 "$step" 2>/dev/null; do wait "$step"; done',
+            'wait "$step"; rc=$?',  # the step's own status, as the Slurm pilot's
             'kill "$timer" 2>/dev/null',
             'echo "pilot ${id}: workers stopped (exit $rc)"',
-            "exit 0",
+            'exit "$rc"',
             "",
         ])
 

@@ -13,7 +13,8 @@ every process of the job and KILL ``KillWait`` seconds later: the workers take t
 KILL. PBS gets the same pilot from hpc/pbs.py.
 
 No secrets are written into the script: settings reach the workers through the submitting environment (sbatch's
-default ``--export=ALL``), as they reach ``sandbox-runner worker``.
+``--export=ALL``, given on the command line so a site's ``SBATCH_EXPORT`` cannot take it away), as they reach
+``sandbox-runner worker``.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ class PilotRequest:
         return f"sr-pilot-{program_for(self.queue)}"
 
     def sbatch_argv(self) -> list[str]:
-        argv = ["sbatch", "--parsable", "--job-name", self.job_name, "--time", self.time, "--nodes", str(self.nodes),
+        # --export=ALL on the line: the settings reach the workers through the environment, and a site's (or
+        # user's) SBATCH_EXPORT=NONE would otherwise win -- then not even bash is found and no worker starts
+        argv = ["sbatch", "--parsable", "--export=ALL", "--job-name", self.job_name, "--time", self.time,
+                "--nodes", str(self.nodes),
                 "--ntasks-per-node", str(self.workers_per_node), "--cpus-per-task", str(self.concurrency),
                 f"--signal=B:TERM@{self.grace}"]
         if self.partition:
@@ -120,17 +124,20 @@ class PilotRequest:
             f"worker(s), -c {self.concurrency}, walltime {self.time}, drain {self.grace}s before the end.",
             "set -u",
             f"export SANDBOX_RUNNER_PILOT_GRACE={self.grace}",
-            f"srun --kill-on-bad-exit=0 --ntasks-per-node={self.workers_per_node} bash -c {shlex.quote(task)} &",
+            f"srun --export=ALL --kill-on-bad-exit=0 --ntasks-per-node={self.workers_per_node} "
+            f"bash -c {shlex.quote(task)} &",
             "step=$!",
             # The walltime warning and `scancel --batch --signal=TERM` come to this shell only (B:): ask the
             # pilot's workers, through the broker, to drain against the allocation's end (the workers run on
             # every node; the broker reaches them all). `wait` returns early on a trapped signal: wait again.
             f'trap \'echo "pilot ${{SLURM_JOB_ID}}: draining"; {drain} --pilot "${{SLURM_JOB_ID}}"\' TERM',
             'wait "$step"',
-            "rc=$?",
-            'while kill -0 "$step" 2>/dev/null; do wait "$step"; rc=$?; done',
+            'while kill -0 "$step" 2>/dev/null; do wait "$step"; done',
+            # the step's own status (a wait cut short by the trap said 143): a pilot whose workers failed to
+            # start or died must not be recorded COMPLETED 0:0; a drain or a give-up ends them with 0
+            'wait "$step"; rc=$?',
             'echo "pilot ${SLURM_JOB_ID}: workers stopped (exit $rc)"',
-            "exit 0",
+            'exit "$rc"',
             "",
         ])
 

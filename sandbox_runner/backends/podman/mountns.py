@@ -229,7 +229,7 @@ def _write_retired(sock: str, entries: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def _connections(pid: int, sock: str) -> int | None:
+def connections(pid: int, sock: str) -> int | None:
     """How many connections process ``pid`` holds on its socket at path ``sock`` (accepted sockets carry the
     listening path in /proc/net/unix; state 03 = connected). None when its fds cannot be read."""
     try:
@@ -259,7 +259,7 @@ def reap_retired(sock: str) -> None:
             continue
         if start_ticks(listener) != ticks:
             continue  # gone already
-        if _connections(listener, sock) != 0:
+        if connections(listener, sock) != 0:
             keep.append(entry)  # still streaming a job (or unreadable: leave it, never kill blind)
             continue
         for pid in pids:
