@@ -77,3 +77,65 @@ def test_autoscale_decisions() -> None:
     assert decide(100, [running], 4, 3).submit == 2
     assert decide(100, [running, pending], 4, 3).submit == 0  # never more while one is pending
     assert "cap" in decide(9, [running, running], 4, 2).reason
+
+
+def test_autoscale_submits_no_pilot_for_jobs_its_walltime_cannot_fit() -> None:
+    """A job pilots handed back for walltime (limit 600 s) and a request of -t 3:00 --grace 30 (150 s): the old
+    decide submitted a pilot on every step, each handed the job back, forever."""
+    from sandbox_runner.hpc.autoscale import decide
+    from sandbox_runner.hpc.slurm import Pilot
+
+    short = PilotRequest(queue="q", time="3:00", grace=30)
+    nothing = decide(1, [], 1, 1, misfits=[600], request=short)
+    assert nothing.submit == 0
+    assert nothing.reason == ("the waiting jobs need 600 s; a pilot with -t 3:00 and --grace 30 gives 150 s: "
+                              "raise --time")
+    # several misfits of different lengths: the range
+    assert "need 300-600 s" in decide(2, [], 1, 3, misfits=[600, 300], request=short).reason
+    # a misfit that a longer pilot fits does not count: raising --time submits at once
+    longer = PilotRequest(queue="q", time="20:00", grace=30)
+    assert decide(1, [], 1, 1, misfits=[600], request=longer).submit == 1
+    # only the others get pilots: 3 waiting, 1 cannot fit -> 2 jobs, 1 slot each
+    mixed = decide(3, [], 1, 5, misfits=[600], request=short)
+    assert mixed.submit == 2 and "2 job(s) waiting" in mixed.reason and "raise --time" in mixed.reason
+    # a misfit recorded by a pilot whose walltime left was shorter than this request gives: not a misfit here
+    assert decide(1, [], 1, 1, misfits=[100], request=short).submit == 1
+    # pending pilots and the cap still come first; a running pilot does not change the misfits' answer
+    assert "pending" in decide(1, [Pilot("2", "PENDING")], 1, 3, misfits=[600], request=short).reason
+    assert decide(1, [Pilot("1", "RUNNING")], 1, 3, misfits=[600], request=short).submit == 0
+    # without a request or misfits: as before
+    assert decide(1, [], 1, 1, misfits=[600]).submit == 1 and decide(1, [], 1, 1, request=short).submit == 1
+
+
+def test_autoscaler_step_reads_the_misfits_and_says_why() -> None:
+    from sandbox_runner.hpc.autoscale import Autoscaler
+    from sandbox_runner.hpc.slurm import Pilot
+    from sandbox_runner.testing import capture_events
+
+    class Book:
+        def __init__(self) -> None:
+            self.forgotten: list[str] = []
+
+        def limits(self, queue: str) -> list[float]:
+            return [600.0] if queue == "q" else []
+
+        def forget(self, queue: str) -> None:
+            self.forgotten.append(queue)
+
+    emitter, sink = capture_events("autoscale")
+    book, submitted = Book(), list[PilotRequest]()
+    depth: list[int] = [1]
+    pilots: list[list[Pilot]] = [[]]
+    scaler = Autoscaler(PilotRequest(queue="q", time="3:00", grace=30), 1, depth=lambda: depth[0],
+                        pilots=lambda: pilots[0], submit=lambda r: submitted.append(r) or "9",
+                        emitter=emitter, book=book)  # type: ignore[arg-type]
+    decision = scaler.step()
+    assert decision.submit == 0 and submitted == [] and "raise --time" in decision.reason
+    event = sink.events("autoscale")[-1]["event"]
+    assert event["reason"] == decision.reason and event["misfits"] == [600.0] and event["submitted"] == []
+    depth[0], pilots[0] = 0, [Pilot("1", "RUNNING")]
+    scaler.step()
+    assert book.forgotten == []  # a running pilot may hold the job: keep the record
+    pilots[0] = []
+    scaler.step()
+    assert book.forgotten == ["q"]

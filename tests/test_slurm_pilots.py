@@ -194,3 +194,53 @@ def test_autoscale_submits_a_pilot_for_a_waiting_job_and_none_for_an_empty_queue
     finally:
         for slurm_id in submitted:
             subprocess.run(["scancel", slurm_id], check=False)
+
+
+def test_autoscale_stops_submitting_pilots_that_hand_the_job_back_for_walltime(
+        podman_ready: Worker, run_dir: Path, work_root: Path, redis_url: str, status_key: str,
+        rabbit_url: str) -> None:
+    """A job of 600 s and pilots of -t 3:00 --grace 30 (150 s): the first pilot hands it back and gives up; the
+    old autoscale then submitted another on every cron step, forever."""
+    from kombu import Connection
+    from support.jobs import read_status_list
+
+    from sandbox_runner.hpc.misfits import misfit_key
+
+    slurm_up()
+    queue = f"srq-{uuid.uuid4().hex[:8]}"
+    env = pilot_env(podman_ready, work_root, redis_url, status_key, rabbit_url)
+    argv = ["sandbox-runner", "slurm", "autoscale", "-Q", queue, "--max", "1", "-t", "3:00", "--grace", "30",
+            "--log-dir", str(run_dir), "--once"]
+    job = make_job("sleep 1")
+    job["job_info"]["time_limit"] = 600
+    send(rabbit_url, redis_url, queue, job)
+    submitted: list[str] = []
+    try:
+        first = podman_ready.run(argv, env=env)
+        assert first.returncode == 0 and "submitted 1: 1 job(s) waiting" in first.stdout, first.stdout + first.stderr
+        submitted = [d for d in read_status_list(redis_url, status_key)
+                     if d.get("type") == "autoscale"][-1]["event"]["submitted"]
+        assert len(submitted) == 1
+        log = run_dir / f"sr-pilot-{queue}-{submitted[0]}.out"
+        wait_for(lambda: squeue_state(submitted[0]) == "", 240, interval=0.5, what=f"the pilot to give up ({log})")
+        assert job_docs(redis_url, status_key, job["task_id"]) == []
+        import redis
+
+        entry = redis.Redis.from_url(redis_url).hget(misfit_key(queue), job["task_id"])
+        assert entry is not None and b'"limit": 600' in entry, log.read_text() if log.exists() else "no log"
+
+        again = podman_ready.run(argv, env=env)
+        want = ("submitted 0: the waiting jobs need 600 s; a pilot with -t 3:00 and --grace 30 gives 150 s: "
+                "raise --time")
+        assert again.returncode == 0 and want in again.stdout, again.stdout + again.stderr
+        last = [d for d in read_status_list(redis_url, status_key) if d.get("type") == "autoscale"][-1]
+        assert last["status"] == "unchanged" and last["event"]["submitted"] == [] and "raise --time" in \
+            last["event"]["reason"]
+    finally:
+        for slurm_id in submitted:
+            subprocess.run(["scancel", slurm_id], check=False)
+        with Connection(rabbit_url) as conn:
+            conn.default_channel.queue_delete(queue)
+        import redis
+
+        redis.Redis.from_url(redis_url).delete(misfit_key(queue))

@@ -57,13 +57,16 @@ def slurm_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_runner.errors import ConfigError
     from sandbox_runner.events.emitter import Emitter
     from sandbox_runner.hpc.autoscale import Autoscaler, queue_depth
+    from sandbox_runner.hpc.misfits import MisfitBook
 
     if args.max < 1:
         raise ConfigError(f"--max must be at least 1, got {args.max}", field="max")
     request, scheduler = request_from(args), _scheduler(args)
     emitter = Emitter.from_settings(settings, settings.node_root, name=f"autoscale@{request.job_name}")
+    book = MisfitBook(settings.redis_url, timeout=5.0) if settings.redis_url else None
     scaler = Autoscaler(request, args.max, depth=lambda: queue_depth(settings.broker_url, request.queue),
-                        pilots=lambda: scheduler.pilots(request), submit=scheduler.submit, emitter=emitter)
+                        pilots=lambda: scheduler.pilots(request), submit=scheduler.submit, emitter=emitter,
+                        book=book)
     try:
         if args.once:
             decision = scaler.step()
@@ -72,4 +75,6 @@ def slurm_autoscale(args: argparse.Namespace, settings: Settings) -> int:
             scaler.loop(args.interval)
     finally:
         emitter.close()
+        if book is not None:
+            book.close()
     return EXIT_OK

@@ -26,6 +26,7 @@ from sandbox_runner.events.emitter import Emitter
 from sandbox_runner.fspolicy.periodic import PeriodicScrubber
 from sandbox_runner.fspolicy.policy import load_fs_policy
 from sandbox_runner.hpc.admission import WalltimeGate
+from sandbox_runner.hpc.misfits import MisfitBook
 from sandbox_runner.hpc.walltime import Walltime, job_time_limit
 from sandbox_runner.job.runner import JobOutcome, JobRunner, decode_job, default_steps
 from sandbox_runner.job.steps.base import JobContext
@@ -83,7 +84,10 @@ class WorkerService:
         self.on_drain = on_drain
         #: inside a pilot: the allocation's end; jobs that cannot finish before it are handed back
         self.walltime = walltime or Walltime()
-        self._walltime_gate = WalltimeGate(self.walltime, emitter, on_exhausted)
+        #: with a status Redis, walltime refusals are recorded for autoscale (hpc/misfits.py); every worker
+        #: that admits a job clears its record, a pilot or not
+        book = MisfitBook(settings.redis_url) if settings.redis_url else None
+        self._walltime_gate = WalltimeGate(self.walltime, emitter, on_exhausted, book)
         #: inside a pilot: its drain at walltime / scancel (hpc/handback.py), set by the lifecycle
         self.pilot: PilotDrain | None = None
         #: shared by every job's runner (each gets its own list): the policies they read are read once
