@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 
 from sandbox_runner.errors import JobFormatError
 
@@ -73,3 +74,16 @@ def format_size(n: int) -> str:
     if text == "1024" and power < len(_UNITS) - 1:  # 1023.999 KiB rounds up: say 1 MiB instead
         power, text = power + 1, "1"
     return f"{text} {_UNITS[power]}"
+
+
+def limit_seconds(value: object) -> float | None:
+    """A time limit as seconds a timer can wait, or None for no limit: 0, negatives, NaN, inf, past
+    ``threading.TIMEOUT_MAX`` (a timer thread dies of OverflowError there), booleans and non-numbers. Numeric
+    strings count: HySDS's job_info carries both forms."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds <= threading.TIMEOUT_MAX else None

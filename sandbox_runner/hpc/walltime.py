@@ -7,7 +7,6 @@ limited: a worker never refuses work because a scheduler was unreachable.
 
 from __future__ import annotations
 
-import math
 import subprocess
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import structlog
 
 from sandbox_runner.events.documents import job_info_of
+from sandbox_runner.units import limit_seconds
 
 log = structlog.get_logger("sandbox_runner.hpc")
 
@@ -118,9 +118,4 @@ def ask_scheduler(env: Mapping[str, str], grace: float) -> Walltime:
 
 def job_time_limit(hard_limit: float | None, job: Mapping[str, Any]) -> float | None:
     """The longest the job may run: the task's hard limit, else job_info's (HySDS puts it in both)."""
-    if hard_limit:
-        return float(hard_limit)
-    value = job_info_of(job).get("time_limit")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        return None  # no usable limit (NaN fails the comparison too): as the worker's own timers read it
-    return float(value)
+    return limit_seconds(hard_limit) or limit_seconds(job_info_of(job).get("time_limit"))

@@ -20,8 +20,10 @@ from typing import Any
 import structlog
 
 from sandbox_runner.events.documents import job_info_of
+from sandbox_runner.hpc.walltime import job_time_limit
 from sandbox_runner.job.runner import JobRunner
 from sandbox_runner.settings import Settings
+from sandbox_runner.units import limit_seconds
 from sandbox_runner.worker.delivery import TaskInfo
 
 log = structlog.get_logger("sandbox_runner.worker")
@@ -29,23 +31,11 @@ log = structlog.get_logger("sandbox_runner.worker")
 SOFT_LIMIT_ERROR = "SoftTimeLimitExceeded()"
 
 
-def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    # no limit for 0, negatives, NaN, inf or beyond what a timer can wait (its thread died with OverflowError)
-    return seconds if 0 < seconds <= threading.TIMEOUT_MAX else None
-
-
 def limits_for(task: TaskInfo, job: dict[str, Any]) -> tuple[float | None, float | None]:
     """(soft, hard) in seconds: the message's, else the job_info's."""
     info = job_info_of(job)  # a damaged job_info is reported by the runner, not tripped over here
-    soft = _seconds(task.soft_limit) or _seconds(info.get("soft_time_limit"))
-    hard = _seconds(task.hard_limit) or _seconds(info.get("time_limit"))
-    return soft, hard
+    soft = limit_seconds(task.soft_limit) or limit_seconds(info.get("soft_time_limit"))
+    return soft, job_time_limit(task.hard_limit, job)
 
 
 def reap_task_containers(settings: Settings, task_id: str) -> list[str]:
