@@ -1,9 +1,12 @@
-"""What /proc tells of a process: its session and start time (a pid told from its reuse), a run's token."""
+"""What /proc tells of a process: its session and start time (a pid told from its reuse), a run's token, and who
+listens on a unix socket."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import time
 
 
@@ -72,3 +75,15 @@ def kill_run(pid: int, start: int) -> list[int]:
                 killed.append(p)
         time.sleep(0.005)
     return killed
+
+
+def peer_pid(sock: str) -> int | None:
+    """The pid of the process listening on the unix socket ``sock`` (SO_PEERCRED), None when unreachable."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(sock)
+            pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return None
+    return pid or None

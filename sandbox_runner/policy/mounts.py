@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import socket
 import stat
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -24,6 +22,7 @@ from typing import Any, cast
 from sandbox_runner.backends.base import Mount, MountMode
 from sandbox_runner.errors import ConfigError, MountPolicyError
 from sandbox_runner.policy.files import read_policy
+from sandbox_runner.procstat import peer_pid
 
 #: Refused whatever the policy file says: talking to the engine is a way out of any sandbox.
 ENGINE_SOCKET_PATTERNS: tuple[str, ...] = (
@@ -266,12 +265,9 @@ def engine_served(path: str) -> str | None:
 
 
 def _engine_listener(sock: str) -> str | None:
+    pid = peer_pid(sock)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(1)
-            conn.connect(sock)
-            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        program = Path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, struct.error):
+        program = Path(f"/proc/{pid}/comm").read_text().strip() if pid else None
+    except OSError:
         return None  # nobody listens, or not ours to look at: nothing that serves this user
     return f"served by {program}, pid {pid}" if program in ENGINE_PROGRAMS else None

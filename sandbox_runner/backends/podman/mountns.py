@@ -24,14 +24,17 @@ import json
 import os
 import re
 import signal
-import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from sandbox_runner.procstat import peer_pid, stat_fields
+
+# the owner record's "start_ticks": a process's start time, which with its pid tells it from a reused pid
+from sandbox_runner.procstat import start_time as start_ticks
 
 log = structlog.get_logger("sandbox_runner.podman")
 
@@ -76,18 +79,6 @@ def statfs_missing(message: str) -> str | None:
     return found["path"] if found else None
 
 
-def peer_pid(sock: str) -> int | None:
-    """The pid of the process listening on the unix socket ``sock`` (SO_PEERCRED), None when unreachable."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(2)
-            conn.connect(sock)
-            pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    except OSError:
-        return None
-    return pid or None
-
-
 def hidden_paths(pid: int, paths: Iterable[str]) -> list[str] | None:
     """Those of ``paths`` (existing here) that process ``pid`` does not see as the same file; None when its
     view cannot be read (another user's process, no /proc)."""
@@ -114,20 +105,9 @@ def hidden_paths(pid: int, paths: Iterable[str]) -> list[str] | None:
     return hidden
 
 
-def start_ticks(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, its identity."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])
-
-
 def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else 0
 
 
 @dataclass(frozen=True)
