@@ -79,8 +79,10 @@ def report_rejected(sender: Any = None, message: Any = None, exc: BaseException 
 def _mark_failed(consumer: Any, task_id: str, error: str) -> None:
     """Celery's result for a rejected message stays PENDING (it never became a task): say FAILURE, as for every
     other failed job, so Flower and a client's ``AsyncResult`` agree with the status document."""
+    from celery.backends.base import DisabledBackend
+
     backend = getattr(getattr(consumer, "app", None), "backend", None)
-    if backend is None or type(backend).__name__ == "DisabledBackend":
+    if backend is None or isinstance(backend, DisabledBackend):
         return
     try:
         backend.mark_as_failure(task_id, InvalidTaskError(error), call_errbacks=False)
