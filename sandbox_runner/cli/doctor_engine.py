@@ -154,6 +154,6 @@ def _stop_started_service(backend: PodmanBackend, pid: int) -> str:
         time.sleep(0.05)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # it is this process's child: leave no zombie
-    if backend.socket_file is not None:
-        owner_record_path(backend.socket_file).unlink(missing_ok=True)
+    if sock is not None:
+        owner_record_path(sock).unlink(missing_ok=True)
     return f"started the podman service (pid {pid}) for this check and stopped it"
